@@ -1,0 +1,34 @@
+"""Build the FastAPI app and mount the routers."""
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from fastapi import FastAPI
+
+from api.deps import process_store
+from api.errors import install_error_handlers
+from api.routes import files, health, jobs
+
+
+@asynccontextmanager
+async def _lifespan(_: FastAPI) -> AsyncIterator[None]:
+    process_store().ensure_bucket()
+    yield
+
+
+def create_app() -> FastAPI:
+    """The imagen-queue HTTP API."""
+    app = FastAPI(
+        title="imagen-queue",
+        version="0.1.0",
+        summary="Imagen-style cascaded text-to-image generation as durable async jobs.",
+        lifespan=_lifespan,
+    )
+    install_error_handlers(app)
+    app.include_router(health.router)
+    app.include_router(jobs.router)
+    app.include_router(files.router)
+    return app
+
+
+app = create_app()

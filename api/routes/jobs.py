@@ -1,0 +1,102 @@
+"""/v1/jobs: submit, read, list, cancel and retry jobs."""
+
+import uuid
+
+from fastapi import APIRouter, Query, status
+from redis.exceptions import RedisError
+from sqlalchemy.orm import Session
+
+from api.deps import CurrentKey, SessionDep, SettingsDep, StoreDep
+from api.schemas import JobCreate, JobList, JobPublic
+from api.submission import create_generate_job, enqueue_committed
+from core.errors import Conflict, NotFound
+from core.redis_client import cancel_key, get_redis
+from db import jobs as job_queries
+from db.models import Job, JobStatus
+from workers.presets import get_preset
+
+router = APIRouter(prefix="/v1/jobs", tags=["jobs"])
+
+
+def _job_or_404(session: Session, job_id: str, key: CurrentKey, *, for_update: bool = False) -> Job:
+    try:
+        parsed = uuid.UUID(job_id)
+    except ValueError:
+        raise NotFound(f"no job {job_id!r}", field="job_id") from None
+    job = job_queries.get_job(session, job_id=parsed, tenant_id=key.tenant_id, for_update=for_update)
+    if job is None:
+        raise NotFound(f"no job {job_id!r}", field="job_id")
+    return job
+
+
+@router.post("", status_code=status.HTTP_202_ACCEPTED, response_model=JobPublic)
+def create_job(body: JobCreate, key: CurrentKey, session: SessionDep, store: StoreDep,
+               settings: SettingsDep) -> JobPublic:
+    """Record a job and enqueue its first stage."""
+    job = create_generate_job(session, key=key, body=body, preset=get_preset(settings.model_preset))
+    session.commit()
+    enqueue_committed(session, job)
+    return JobPublic.from_row(job, store, settings.presign_ttl_s)
+
+
+@router.get("", response_model=JobList)
+def list_jobs(
+    key: CurrentKey,
+    session: SessionDep,
+    store: StoreDep,
+    settings: SettingsDep,
+    status: JobStatus | None = None,
+    kind: str | None = Query(default=None, max_length=16),
+    limit: int = Query(default=20, ge=1, le=100),
+    cursor: str | None = Query(default=None, max_length=200),
+) -> JobList:
+    """The tenant's jobs, newest first."""
+    jobs, next_cursor = job_queries.list_jobs(
+        session, tenant_id=key.tenant_id, status=status, kind=kind, limit=limit, cursor=cursor
+    )
+    return JobList(items=[JobPublic.from_row(j, store, settings.presign_ttl_s) for j in jobs],
+                   next_cursor=next_cursor)
+
+
+@router.get("/{job_id}", response_model=JobPublic)
+def read_job(job_id: str, key: CurrentKey, session: SessionDep, store: StoreDep,
+             settings: SettingsDep) -> JobPublic:
+    """One job, with its stages and, once it succeeded, its images."""
+    return JobPublic.from_row(_job_or_404(session, job_id, key), store, settings.presign_ttl_s)
+
+
+@router.post("/{job_id}/cancel", response_model=JobPublic)
+def cancel_job(job_id: str, key: CurrentKey, session: SessionDep, store: StoreDep,
+               settings: SettingsDep) -> JobPublic:
+    """Cancel now, or as soon as the running stage notices."""
+    job = _job_or_404(session, job_id, key, for_update=True)
+    job_queries.request_cancel(job)
+    session.commit()
+    if job.cancel_requested:
+        try:
+            get_redis().set(cancel_key(job.id), "1", ex=86_400)
+        except RedisError:
+            pass  # the stage's progress callback reads the flag from the row as well
+    return JobPublic.from_row(job, store, settings.presign_ttl_s)
+
+
+@router.post("/{job_id}/retry", response_model=JobPublic)
+def retry_job(job_id: str, key: CurrentKey, session: SessionDep, store: StoreDep,
+              settings: SettingsDep) -> JobPublic:
+    """Queue a failed or canceled job again from its first unfinished stage."""
+    job = _job_or_404(session, job_id, key, for_update=True)
+    if job.status not in (JobStatus.FAILED, JobStatus.CANCELED):
+        raise Conflict(f"only failed or canceled jobs can be retried; this one is {job.status}",
+                       field="status")
+    job_queries.reset_for_retry(job)
+    job_queries.bump_dispatch(job)
+    first = job_queries.first_unfinished_stage(job)
+    if first is not None:
+        first.queued_at = job_queries.now()
+    session.commit()
+    try:
+        get_redis().delete(cancel_key(job.id))
+    except RedisError:
+        pass
+    enqueue_committed(session, job)
+    return JobPublic.from_row(job, store, settings.presign_ttl_s)

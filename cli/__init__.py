@@ -1,0 +1,1 @@
+"""The ``imagen-queue`` command line."""

@@ -1,0 +1,96 @@
+"""The client side of the CLI: submit a job over HTTP, wait for it, download its images."""
+
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from core.config import Settings
+
+TERMINAL = {"succeeded", "failed", "canceled"}
+
+
+def resolve_api_key(settings: Settings, given: str | None) -> str:
+    """The key to call the API with: --api-key, IMAGEN_API_KEY, or the embedded mode's admin key."""
+    import os
+
+    from cli.embedded import admin_key_path
+
+    key = given or os.environ.get("IMAGEN_API_KEY") or settings.admin_api_key
+    if key:
+        return key
+    path = admin_key_path(settings)
+    if path.exists():
+        return path.read_text().strip()
+    raise SystemExit("no API key: pass --api-key or set IMAGEN_API_KEY")
+
+
+class ApiClient:
+    """A thin client of the v1 HTTP API."""
+
+    def __init__(self, base_url: str, api_key: str, timeout_s: float = 30.0) -> None:
+        self.http = httpx.Client(base_url=base_url.rstrip("/"), timeout=timeout_s,
+                                 headers={"Authorization": f"Bearer {api_key}"})
+
+    def _check(self, response: httpx.Response) -> dict[str, Any]:
+        if response.status_code >= 400:
+            try:
+                error = response.json()["error"]
+                message = f"{error['code']}: {error['message']}"
+            except (ValueError, KeyError, TypeError):
+                message = response.text
+            raise SystemExit(f"API error {response.status_code}: {message}")
+        data: dict[str, Any] = response.json()
+        return data
+
+    def submit(self, body: dict[str, Any]) -> dict[str, Any]:
+        return self._check(self.http.post("/v1/jobs", json=body))
+
+    def job(self, job_id: str) -> dict[str, Any]:
+        return self._check(self.http.get(f"/v1/jobs/{job_id}"))
+
+    def wait(self, job_id: str, timeout_s: float, on_update: Any = None) -> dict[str, Any]:
+        deadline = time.monotonic() + timeout_s
+        while True:
+            job = self.job(job_id)
+            if on_update is not None:
+                on_update(job)
+            if job["status"] in TERMINAL:
+                return job
+            if time.monotonic() > deadline:
+                raise SystemExit(f"job {job_id} did not finish within {timeout_s:.0f} s (still {job['status']})")
+            time.sleep(0.3)
+
+    def download(self, url: str, path: Path) -> None:
+        response = httpx.get(url, timeout=60)
+        response.raise_for_status()
+        path.write_bytes(response.content)
+
+
+def _print_progress(job: dict[str, Any]) -> None:
+    parts = [f"{s['name']} {s['status']} {int(s['progress'] * 100):3d}%" for s in job["stages"]]
+    sys.stderr.write("\r" + " | ".join(parts) + " " * 4)
+    sys.stderr.flush()
+
+
+def generate(client: ApiClient, body: dict[str, Any], out_dir: Path, timeout_s: float) -> int:
+    """Submit a generate job, wait for it and save every stage's images; the exit status."""
+    job = client.submit(body)
+    print(f"job {job['id']} {job['status']}", file=sys.stderr)
+    job = client.wait(job["id"], timeout_s, on_update=_print_progress)
+    sys.stderr.write("\n")
+    if job["status"] != "succeeded":
+        print(f"job {job['id']} {job['status']}: {job.get('error') or ''}", file=sys.stderr)
+        return 1
+    folder = out_dir / job["id"]
+    folder.mkdir(parents=True, exist_ok=True)
+    for stage in job["stages"]:
+        for output in stage["outputs"]:
+            if output.get("width") is None:
+                continue  # the prompt embeddings, not an image
+            path = folder / f"{stage['name']}_{output['index']}.png"
+            client.download(output["url"], path)
+            print(f"{path}  ({output['width']}x{output['height']}, seed {output['seed']})")
+    return 0

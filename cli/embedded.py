@@ -1,0 +1,148 @@
+"""``imagen-queue up``: the whole system on one machine, no Docker and no external services.
+
+Postgres (with pgvector) and Redis run from wheels, objects live in a folder, and the API, one worker
+(every queue) and the beat scheduler (the sweeper) run as child processes. State lives under
+``IMAGEN_DATA_DIR`` and survives restarts.
+"""
+
+import logging
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+
+from core.config import Settings
+
+log = logging.getLogger(__name__)
+
+ADMIN_KEY_FILE = "admin_api_key"
+
+
+def admin_key_path(settings: Settings) -> Path:
+    return settings.data_dir / ADMIN_KEY_FILE
+
+
+def _ensure_admin_key(settings: Settings, env: dict[str, str]) -> tuple[str | None, bool]:
+    """The admin key: IMAGEN_ADMIN_API_KEY, else one created on first start (kept, 0600, in the data dir)."""
+    from db import tenants
+    from db.session import session_scope
+
+    path = admin_key_path(settings)
+    with session_scope() as session:
+        tenant = tenants.get_or_create_tenant(session, name="default")
+        if settings.admin_api_key:
+            if tenants.find_api_key(session, key=settings.admin_api_key) is None:
+                tenants.create_api_key(session, tenant=tenant, is_admin=True, key=settings.admin_api_key)
+            return settings.admin_api_key, False
+        if path.exists():
+            return path.read_text().strip(), False
+        if tenants.has_admin_key(session):
+            return None, False
+        _, key = tenants.create_api_key(session, tenant=tenant, is_admin=True)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as f:
+        f.write(key + "\n")
+    return key, True
+
+
+def _wait_ready(url: str, children: list[subprocess.Popen[bytes]], timeout_s: float = 60.0) -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        for child in children:
+            if child.poll() is not None:
+                raise RuntimeError(f"{' '.join(map(str, child.args))} exited with {child.returncode}")  # type: ignore[arg-type]
+        try:
+            if httpx.get(f"{url}/readyz", timeout=2).status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.2)
+    raise RuntimeError(f"the API at {url} was not ready within {timeout_s} s")
+
+
+def _spawn(name: str, args: list[str], env: dict[str, str], logs: Path) -> "subprocess.Popen[bytes]":
+    with open(logs / f"{name}.log", "ab") as log:  # the child keeps its own descriptor
+        return subprocess.Popen([sys.executable, "-m", "cli.main", *args], env=env, stdout=log,
+                                stderr=subprocess.STDOUT)
+
+
+def _interrupt(*_: object) -> None:
+    raise KeyboardInterrupt
+
+
+def run_embedded(host: str, port: int) -> int:
+    """Start everything, print the address and the admin key, and run until interrupted."""
+    from cli.services import RedisServer, postgres_data_dir, start_postgres
+
+    base = Settings()
+    data_dir = base.data_dir
+    data_dir.mkdir(parents=True, exist_ok=True)
+    logs = data_dir / "logs"
+    logs.mkdir(exist_ok=True)
+
+    _pg, database_url = start_postgres(postgres_data_dir(data_dir))
+    redis_server = RedisServer(data_dir / "redis")
+    redis_server.start()
+    public_url = f"http://{'127.0.0.1' if host in ('0.0.0.0', '::') else host}:{port}"
+    env = dict(os.environ)
+    env.update({
+        "IMAGEN_DATA_DIR": str(data_dir),
+        "IMAGEN_DATABASE_URL": database_url,
+        "IMAGEN_REDIS_URL": redis_server.url,
+        "IMAGEN_PUBLIC_URL": public_url,
+        "HF_HUB_OFFLINE": "1",
+    })
+    os.environ.update(env)
+    from core.config import get_settings
+
+    get_settings.cache_clear()
+    settings = get_settings()
+
+    from db.migrate import upgrade
+
+    upgrade(database_url)
+    key, created = _ensure_admin_key(settings, env)
+    if settings.model_preset == "tiny":
+        from workers.tiny_models import build_tiny
+
+        build_tiny(settings.resolved_models_dir)
+
+    children = [
+        _spawn("api", ["api", "--host", host, "--port", str(port)], env, logs),
+        _spawn("worker", ["worker", "--pool", "solo"], env, logs),
+        _spawn("beat", ["beat"], env, logs),
+    ]
+
+    def stop(*_: object) -> None:
+        for child in children:
+            if child.poll() is None:
+                child.terminate()
+        for child in children:
+            try:
+                child.wait(15)
+            except subprocess.TimeoutExpired:
+                child.kill()
+        redis_server.stop()
+
+    signal.signal(signal.SIGTERM, _interrupt)
+    try:
+        _wait_ready(public_url, children)
+        print(f"imagen-queue is up: API {public_url}  (docs {public_url}/docs)", flush=True)
+        print(f"data: {data_dir}   logs: {logs}", flush=True)
+        if key and created:
+            print(f"admin API key (shown once, also kept in {admin_key_path(settings)}): {key}", flush=True)
+        elif key:
+            print(f"admin API key: {key}", flush=True)
+        while all(child.poll() is None for child in children):
+            time.sleep(0.5)
+        failed = [c for c in children if c.poll() is not None]
+        log.error("a child process exited: %s", [c.args for c in failed])
+        return 1
+    except KeyboardInterrupt:
+        return 0
+    finally:
+        stop()

@@ -1,0 +1,160 @@
+"""``imagen-queue``: run the embedded system, its parts, and a client."""
+
+import argparse
+import logging
+import sys
+from pathlib import Path
+
+from workers.celery_app import QUEUES
+
+_JOB_QUEUES = ",".join(QUEUES)
+
+
+def _cmd_up(args: argparse.Namespace) -> int:
+    from cli.embedded import run_embedded
+
+    return run_embedded(args.host, args.port)
+
+
+def _cmd_api(args: argparse.Namespace) -> int:
+    import uvicorn
+
+    uvicorn.run("api.main:app", host=args.host, port=args.port, workers=args.workers, log_level="info")
+    return 0
+
+
+def _cmd_worker(args: argparse.Namespace) -> int:
+    from workers.celery_app import app
+
+    argv = ["worker", "--queues", args.queues, "--pool", args.pool, "--loglevel", args.loglevel]
+    if args.concurrency:
+        argv += ["--concurrency", str(args.concurrency)]
+    if args.hostname:
+        argv += ["--hostname", args.hostname]
+    app.worker_main(argv)
+    return 0
+
+
+def _cmd_beat(args: argparse.Namespace) -> int:
+    from core.config import get_settings
+    from workers.celery_app import app
+
+    schedule = args.schedule or str(get_settings().data_dir / "celerybeat-schedule")
+    Path(schedule).parent.mkdir(parents=True, exist_ok=True)
+    app.start(["beat", "--schedule", schedule, "--loglevel", args.loglevel])
+    return 0
+
+
+def _cmd_migrate(_: argparse.Namespace) -> int:
+    from db.migrate import upgrade
+
+    upgrade()
+    print("database is at the latest schema")
+    return 0
+
+
+def _cmd_build_tiny(args: argparse.Namespace) -> int:
+    from core.config import get_settings
+    from workers.tiny_models import build_tiny
+
+    folder = build_tiny(args.models_dir or get_settings().resolved_models_dir, force=args.force)
+    print(f"tiny preset ready in {folder}")
+    return 0
+
+
+def _cmd_generate(args: argparse.Namespace) -> int:
+    from cli.client import ApiClient, generate, resolve_api_key
+    from core.config import get_settings
+
+    settings = get_settings()
+    client = ApiClient(args.api_url or settings.public_url, resolve_api_key(settings, args.api_key))
+    body: dict[str, object] = {
+        "kind": "generate",
+        "input": {"prompt": args.prompt, "num_images": args.num_images, "resolution": args.resolution},
+    }
+    if args.seed is not None:
+        body["input"]["seed"] = args.seed  # type: ignore[index]
+    if args.negative_prompt:
+        body["input"]["negative_prompt"] = args.negative_prompt  # type: ignore[index]
+    return generate(client, body, Path(args.out), args.timeout)
+
+
+def _cmd_keys_create(args: argparse.Namespace) -> int:
+    from db import tenants
+    from db.session import session_scope
+
+    with session_scope() as session:
+        tenant = tenants.get_or_create_tenant(session, name=args.tenant)
+        _, key = tenants.create_api_key(session, tenant=tenant, is_admin=args.admin)
+    print(key)
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="imagen-queue", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    up = sub.add_parser("up", help="run everything on this machine (embedded Postgres, Redis, API, worker)")
+    up.add_argument("--host", default="127.0.0.1")
+    up.add_argument("--port", type=int, default=8000)
+    up.set_defaults(func=_cmd_up)
+
+    api = sub.add_parser("api", help="serve the HTTP API")
+    api.add_argument("--host", default="127.0.0.1")
+    api.add_argument("--port", type=int, default=8000)
+    api.add_argument("--workers", type=int, default=1)
+    api.set_defaults(func=_cmd_api)
+
+    worker = sub.add_parser("worker", help="run a Celery worker")
+    worker.add_argument("--queues", default=_JOB_QUEUES, help=f"comma-separated (default: {_JOB_QUEUES})")
+    worker.add_argument("--pool", default="solo", help="solo for GPU stages (one process per GPU)")
+    worker.add_argument("--concurrency", type=int, default=0)
+    worker.add_argument("--hostname", default=None)
+    worker.add_argument("--loglevel", default="INFO")
+    worker.set_defaults(func=_cmd_worker)
+
+    beat = sub.add_parser("beat", help="run the periodic scheduler (the sweeper)")
+    beat.add_argument("--schedule", default=None)
+    beat.add_argument("--loglevel", default="INFO")
+    beat.set_defaults(func=_cmd_beat)
+
+    migrate = sub.add_parser("migrate", help="bring the database to the latest schema")
+    migrate.set_defaults(func=_cmd_migrate)
+
+    models = sub.add_parser("models", help="model presets")
+    models_sub = models.add_subparsers(dest="models_command", required=True)
+    build = models_sub.add_parser("build-tiny", help="build the random-weight tiny preset (no download)")
+    build.add_argument("--models-dir", type=Path, default=None)
+    build.add_argument("--force", action="store_true")
+    build.set_defaults(func=_cmd_build_tiny)
+
+    gen = sub.add_parser("generate", help="submit a generate job, wait, download its images")
+    gen.add_argument("prompt")
+    gen.add_argument("--negative-prompt", default=None)
+    gen.add_argument("--num-images", type=int, default=1)
+    gen.add_argument("--resolution", type=int, default=1024)
+    gen.add_argument("--seed", type=int, default=None)
+    gen.add_argument("--out", default="out")
+    gen.add_argument("--api-url", default=None)
+    gen.add_argument("--api-key", default=None)
+    gen.add_argument("--timeout", type=float, default=600)
+    gen.set_defaults(func=_cmd_generate)
+
+    keys = sub.add_parser("keys", help="API keys")
+    keys_sub = keys.add_subparsers(dest="keys_command", required=True)
+    create = keys_sub.add_parser("create", help="create a key (printed once)")
+    create.add_argument("--tenant", required=True)
+    create.add_argument("--admin", action="store_true")
+    create.set_defaults(func=_cmd_keys_create)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.getLogger("httpx").setLevel(logging.WARNING)
+    args = build_parser().parse_args(argv)
+    return int(args.func(args) or 0)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,1 @@
+"""Configuration and domain errors shared by every layer."""

@@ -1,0 +1,59 @@
+"""Settings read from the environment (prefix ``IMAGEN_``)."""
+
+from functools import lru_cache
+from pathlib import Path
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class Settings(BaseSettings):
+    """Everything a process of imagen-queue may be configured with."""
+
+    model_config = SettingsConfigDict(env_prefix="IMAGEN_", extra="ignore")
+
+    data_dir: Path = Field(default=Path("~/.imagen-queue").expanduser())
+    database_url: str = "postgresql+psycopg://postgres@127.0.0.1:5432/imagen"
+    redis_url: str = "redis://127.0.0.1:6379/0"
+
+    # Object storage: an S3 endpoint (MinIO in compose), or, when unset, a folder under data_dir.
+    s3_endpoint: str | None = None
+    s3_access_key: str = ""
+    s3_secret_key: str = ""
+    s3_bucket: str = "imagen"
+    s3_secure: bool = False
+    s3_region: str = "us-east-1"
+    # Where clients reach the store, when it differs from where the servers do (compose: minio:9000).
+    s3_public_endpoint: str | None = None
+    presign_ttl_s: int = 3600
+
+    public_url: str = "http://127.0.0.1:8000"
+    secret_key: str | None = None
+
+    model_preset: str = "tiny"
+    models_dir: Path | None = None
+    torch_threads: int | None = None
+
+    admin_api_key: str | None = None
+    webhook_allow_private: bool = False
+
+    max_attempts: int = 3
+    sweep_interval_s: float = 15.0
+    requeue_after_s: float = 60.0
+    stage_time_limit_s: int = 3600
+
+    @property
+    def resolved_models_dir(self) -> Path:
+        """Where preset weights live: ``IMAGEN_MODELS_DIR`` or ``<data_dir>/models``."""
+        return self.models_dir if self.models_dir is not None else self.data_dir / "models"
+
+    @property
+    def objects_dir(self) -> Path:
+        """The folder the embedded object store keeps its objects in."""
+        return self.data_dir / "objects"
+
+
+@lru_cache
+def get_settings() -> Settings:
+    """The process-wide settings, read once."""
+    return Settings()

@@ -1,0 +1,1 @@
+"""Postgres schema, sessions, queries and migrations."""

@@ -1,0 +1,280 @@
+"""Queries and state changes on jobs, stages and artifacts. The caller owns the transaction."""
+
+import base64
+import uuid
+from collections.abc import Sequence
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from sqlalchemy import and_, or_, select, update
+from sqlalchemy.dialects.postgresql import insert
+from sqlalchemy.orm import Session
+
+from core.errors import InvalidInput
+from db.models import Artifact, Job, JobStage, JobStatus, StageStatus
+
+ACTIVE = (JobStatus.QUEUED, JobStatus.RUNNING)
+
+
+def now() -> datetime:
+    return datetime.now(UTC)
+
+
+def create_job(
+    session: Session,
+    *,
+    tenant_id: uuid.UUID,
+    kind: str,
+    preset: str,
+    input: dict[str, Any],
+    stages: Sequence[tuple[str, str]],
+    priority: int = 5,
+    meta: dict[str, Any] | None = None,
+) -> Job:
+    """A queued job with one pending row per ``(stage name, queue)``, in order."""
+    job = Job(
+        tenant_id=tenant_id, kind=kind, preset=preset, input=input, priority=priority, meta=meta or {},
+        status=JobStatus.QUEUED, dispatch_seq=1,
+    )
+    job.stages = [
+        JobStage(name=name, queue=queue, position=i, status=StageStatus.PENDING, progress=0.0, attempts=0,
+                 outputs=[])
+        for i, (name, queue) in enumerate(stages)
+    ]
+    session.add(job)
+    session.flush()
+    return job
+
+
+def get_job(
+    session: Session, *, job_id: uuid.UUID, tenant_id: uuid.UUID | None = None, for_update: bool = False
+) -> Job | None:
+    """The job, or None; with ``tenant_id``, another tenant's job is None too."""
+    query = select(Job).where(Job.id == job_id)
+    if tenant_id is not None:
+        query = query.where(Job.tenant_id == tenant_id)
+    if for_update:
+        query = query.with_for_update()
+    return session.scalar(query.execution_options(populate_existing=True))
+
+
+def _encode_cursor(job: Job) -> str:
+    return base64.urlsafe_b64encode(f"{job.created_at.isoformat()}|{job.id}".encode()).decode()
+
+
+def _decode_cursor(cursor: str) -> tuple[datetime, uuid.UUID]:
+    try:
+        created, job_id = base64.urlsafe_b64decode(cursor.encode()).decode().split("|")
+        return datetime.fromisoformat(created), uuid.UUID(job_id)
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise InvalidInput("cursor is not one this API returned", field="cursor") from exc
+
+
+def list_jobs(
+    session: Session,
+    *,
+    tenant_id: uuid.UUID | None,
+    status: JobStatus | None = None,
+    kind: str | None = None,
+    limit: int = 20,
+    cursor: str | None = None,
+) -> tuple[list[Job], str | None]:
+    """A page of jobs, newest first, and the cursor of the next page (None on the last)."""
+    query = select(Job).order_by(Job.created_at.desc(), Job.id.desc()).limit(limit + 1)
+    if tenant_id is not None:
+        query = query.where(Job.tenant_id == tenant_id)
+    if status is not None:
+        query = query.where(Job.status == status)
+    if kind is not None:
+        query = query.where(Job.kind == kind)
+    if cursor:
+        created, job_id = _decode_cursor(cursor)
+        query = query.where(or_(Job.created_at < created, and_(Job.created_at == created, Job.id < job_id)))
+    jobs = list(session.scalars(query))
+    if len(jobs) > limit:
+        return jobs[:limit], _encode_cursor(jobs[limit - 1])
+    return jobs, None
+
+
+def first_unfinished_stage(job: Job) -> JobStage | None:
+    """The stage the cascade has to resume from, or None when every stage succeeded."""
+    return next((s for s in job.stages if s.status != StageStatus.SUCCEEDED), None)
+
+
+def bump_dispatch(job: Job) -> int:
+    """Start a new dispatch generation: tasks of older generations become no-ops."""
+    job.dispatch_seq += 1
+    job.dispatched_at = None
+    for stage in job.stages:
+        if stage.status == StageStatus.RUNNING:
+            stage.status = StageStatus.PENDING
+    return job.dispatch_seq
+
+
+def mark_dispatched(session: Session, *, job_id: uuid.UUID, seq: int) -> None:
+    """Record that generation ``seq`` of the job's chain reached the broker."""
+    session.execute(
+        update(Job).where(Job.id == job_id, Job.dispatch_seq == seq).values(dispatched_at=now())
+    )
+
+
+def mark_stage_running(job: Job, stage: JobStage) -> None:
+    """Count an attempt and mark the stage (and the job, on its first stage) running."""
+    t = now()
+    stage.status = StageStatus.RUNNING
+    stage.attempts += 1
+    stage.started_at = t
+    stage.heartbeat_at = t
+    stage.progress = 0.0
+    stage.error = None
+    if job.status == JobStatus.QUEUED:
+        job.status = JobStatus.RUNNING
+    job.started_at = job.started_at or t
+
+
+def record_progress(session: Session, *, stage_id: uuid.UUID, progress: float) -> bool:
+    """Store a stage's progress and heartbeat; returns whether its job was asked to cancel."""
+    session.execute(
+        update(JobStage)
+        .where(JobStage.id == stage_id, JobStage.status == StageStatus.RUNNING)
+        .values(progress=progress, heartbeat_at=now())
+    )
+    return bool(
+        session.scalar(select(Job.cancel_requested).join(JobStage, JobStage.job_id == Job.id)
+                       .where(JobStage.id == stage_id))
+    )
+
+
+def record_artifact(
+    session: Session,
+    *,
+    job_id: uuid.UUID,
+    stage: str,
+    index: int,
+    key: str,
+    content_type: str,
+    size_bytes: int,
+    sha256: str,
+    width: int | None = None,
+    height: int | None = None,
+    seed: int | None = None,
+) -> None:
+    """Insert an artifact row unless the same (job, stage, index) is already recorded."""
+    session.execute(
+        insert(Artifact)
+        .values(
+            id=uuid.uuid4(), job_id=job_id, stage=stage, index=index, key=key, content_type=content_type,
+            size_bytes=size_bytes, sha256=sha256, width=width, height=height, seed=seed,
+        )
+        .on_conflict_do_nothing(index_elements=["job_id", "stage", "index"])
+    )
+
+
+def artifacts_of(session: Session, *, job_id: uuid.UUID, stage: str | None = None) -> list[Artifact]:
+    """A job's artifacts (of one stage), ordered by stage and index."""
+    query = select(Artifact).where(Artifact.job_id == job_id).order_by(Artifact.stage, Artifact.index)
+    if stage is not None:
+        query = query.where(Artifact.stage == stage)
+    return list(session.scalars(query))
+
+
+def mark_stage_done(stage: JobStage, *, outputs: list[Any]) -> None:
+    """The stage succeeded with ``outputs`` (a list of small JSON descriptions)."""
+    t = now()
+    stage.status = StageStatus.SUCCEEDED
+    stage.progress = 1.0
+    stage.outputs = outputs
+    stage.finished_at = t
+    stage.heartbeat_at = t
+    if stage.started_at is not None:
+        stage.duration_ms = int((t - stage.started_at).total_seconds() * 1000)
+
+
+def mark_stage_pending(stage: JobStage, *, error: str | None = None) -> None:
+    """Put a stage back to pending (a transient error; it will run again)."""
+    stage.status = StageStatus.PENDING
+    stage.error = error
+
+
+def finish_job(job: Job, status: JobStatus, *, error: str | None = None) -> None:
+    """End the job; stages that had not succeeded take the job's ending."""
+    t = now()
+    job.status = status
+    job.finished_at = t
+    if error is not None:
+        job.error = error
+    if status == JobStatus.SUCCEEDED:
+        return
+    stage_status = StageStatus.CANCELED if status == JobStatus.CANCELED else StageStatus.FAILED
+    for stage in job.stages:
+        if stage.status in (StageStatus.PENDING, StageStatus.RUNNING):
+            if stage.status == StageStatus.RUNNING or stage_status == StageStatus.CANCELED:
+                stage.status = stage_status
+                stage.finished_at = t
+
+
+def request_cancel(job: Job) -> bool:
+    """Ask the job to stop; returns True when it ended at once (no stage was running)."""
+    if JobStatus(job.status).is_terminal:
+        return False
+    job.cancel_requested = True
+    if any(stage.status == StageStatus.RUNNING for stage in job.stages):
+        return False
+    finish_job(job, JobStatus.CANCELED)
+    return True
+
+
+def reset_for_retry(job: Job) -> None:
+    """Queue a failed or canceled job again from its first unfinished stage, with fresh attempts."""
+    job.status = JobStatus.QUEUED
+    job.cancel_requested = False
+    job.error = None
+    job.finished_at = None
+    for stage in job.stages:
+        if stage.status != StageStatus.SUCCEEDED:
+            stage.status = StageStatus.PENDING
+            stage.attempts = 0
+            stage.progress = 0.0
+            stage.error = None
+            stage.started_at = stage.finished_at = stage.heartbeat_at = None
+            stage.duration_ms = None
+
+
+def active_jobs_for_sweep(
+    session: Session, *, undispatched_before: datetime, stale_before: datetime, everything: bool, limit: int
+) -> list[Job]:
+    """Live jobs the broker may have lost, locked so that concurrent sweepers skip them.
+
+    Undispatched jobs (their enqueue failed) older than ``undispatched_before``, and jobs with a running
+    stage whose heartbeat is older than ``stale_before`` (its worker died); with ``everything``, every
+    live job (the broker itself lost its queues).
+    """
+    query = select(Job).where(Job.status.in_(ACTIVE), Job.cancel_requested.is_(False))
+    if not everything:
+        stale_stage = (
+            select(JobStage.id)
+            .where(JobStage.job_id == Job.id, JobStage.status == StageStatus.RUNNING,
+                   JobStage.heartbeat_at < stale_before)
+            .exists()
+        )
+        query = query.where(or_(
+            and_(Job.dispatched_at.is_(None), Job.created_at < undispatched_before), stale_stage
+        ))
+    query = query.order_by(Job.created_at).limit(limit).with_for_update(skip_locked=True)
+    return list(session.scalars(query))
+
+
+def cancel_requested_orphans(session: Session, *, stale_before: datetime) -> list[Job]:
+    """Jobs asked to cancel whose running stage stopped beating: nobody is left to notice the flag."""
+    stale_stage = (
+        select(JobStage.id)
+        .where(JobStage.job_id == Job.id, JobStage.status == StageStatus.RUNNING,
+               JobStage.heartbeat_at < stale_before)
+        .exists()
+    )
+    query = select(Job).where(Job.status.in_(ACTIVE), Job.cancel_requested.is_(True), stale_stage)
+    return list(session.scalars(query.with_for_update(skip_locked=True)))
+
+
+def stale_seconds_ago(seconds: float) -> datetime:
+    return now() - timedelta(seconds=seconds)

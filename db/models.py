@@ -1,0 +1,158 @@
+"""Tables: tenants, API keys, jobs, their stages and the artifacts they produced."""
+
+import enum
+import uuid
+from typing import Any
+
+from sqlalchemy import (
+    BigInteger,
+    Boolean,
+    CheckConstraint,
+    Enum,
+    Float,
+    ForeignKey,
+    Index,
+    Integer,
+    String,
+    Text,
+    UniqueConstraint,
+    text,
+)
+from sqlalchemy.dialects.postgresql import JSONB
+from sqlalchemy.orm import Mapped, mapped_column, relationship
+
+from db.base import Base, Created, JSONDict, Timestamp, UUIDPk
+
+
+class JobStatus(enum.StrEnum):
+    QUEUED = "queued"
+    RUNNING = "running"
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"
+    CANCELED = "canceled"
+
+    @property
+    def is_terminal(self) -> bool:
+        return self in (JobStatus.SUCCEEDED, JobStatus.FAILED, JobStatus.CANCELED)
+
+
+class StageStatus(enum.StrEnum):
+    PENDING = "pending"
+    RUNNING = "running"
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"
+    CANCELED = "canceled"
+
+
+def _enum(cls: type[enum.Enum], name: str) -> Enum:
+    # VARCHAR + CHECK rather than a native enum: adding a value stays a one-line migration.
+    return Enum(cls, name=name, native_enum=False, create_constraint=True, length=16,
+                values_callable=lambda e: [m.value for m in e])
+
+
+class Tenant(Base):
+    __tablename__ = "tenants"
+
+    id: Mapped[UUIDPk]
+    name: Mapped[str] = mapped_column(String(100), unique=True)
+    webhook_secret: Mapped[str] = mapped_column(String(100))
+    created_at: Mapped[Created]
+
+
+class ApiKey(Base):
+    __tablename__ = "api_keys"
+
+    id: Mapped[UUIDPk]
+    tenant_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("tenants.id", ondelete="CASCADE"), index=True)
+    # Only a SHA-256 of the key is kept; the key itself is shown once, when it is created.
+    key_hash: Mapped[str] = mapped_column(String(64), unique=True)
+    prefix: Mapped[str] = mapped_column(String(16))
+    is_admin: Mapped[bool] = mapped_column(Boolean, default=False)
+    created_at: Mapped[Created]
+    revoked_at: Mapped[Timestamp]
+
+    tenant: Mapped[Tenant] = relationship(lazy="joined")
+
+
+class Job(Base):
+    __tablename__ = "jobs"
+    __table_args__ = (
+        CheckConstraint("priority BETWEEN 0 AND 9", name="priority_range"),
+        Index("ix_jobs_tenant_created", "tenant_id", "created_at"),
+        # The sweeper scans only live jobs.
+        Index("ix_jobs_active", "status", postgresql_where=text("status IN ('queued', 'running')")),
+    )
+
+    id: Mapped[UUIDPk]
+    tenant_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("tenants.id", ondelete="CASCADE"))
+    kind: Mapped[str] = mapped_column(String(16))
+    status: Mapped[JobStatus] = mapped_column(_enum(JobStatus, "job_status"), default=JobStatus.QUEUED)
+    preset: Mapped[str] = mapped_column(String(64))
+    input: Mapped[JSONDict]
+    meta: Mapped[JSONDict] = mapped_column("metadata")
+    priority: Mapped[int] = mapped_column(Integer, default=5)
+    error: Mapped[str | None] = mapped_column(Text)
+    cancel_requested: Mapped[bool] = mapped_column(Boolean, default=False, server_default=text("false"))
+    # Each (re-)enqueue of the chain bumps dispatch_seq; tasks carrying an older number are stale
+    # duplicates (a broker redelivery racing the sweeper) and stop without doing anything.
+    dispatch_seq: Mapped[int] = mapped_column(Integer, default=0, server_default=text("0"))
+    dispatched_at: Mapped[Timestamp]
+    created_at: Mapped[Created]
+    started_at: Mapped[Timestamp]
+    finished_at: Mapped[Timestamp]
+
+    stages: Mapped[list["JobStage"]] = relationship(
+        back_populates="job", order_by="JobStage.position", cascade="all, delete-orphan", lazy="selectin"
+    )
+    artifacts: Mapped[list["Artifact"]] = relationship(
+        order_by=lambda: (Artifact.stage, Artifact.index), cascade="all, delete-orphan", lazy="selectin"
+    )
+
+    def stage(self, name: str) -> "JobStage":
+        """The stage row called ``name``."""
+        for stage in self.stages:
+            if stage.name == name:
+                return stage
+        raise KeyError(f"job {self.id} has no stage {name!r}")
+
+
+class JobStage(Base):
+    __tablename__ = "job_stages"
+    __table_args__ = (UniqueConstraint("job_id", "name"),)
+
+    id: Mapped[UUIDPk]
+    job_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("jobs.id", ondelete="CASCADE"))
+    name: Mapped[str] = mapped_column(String(32))
+    position: Mapped[int] = mapped_column(Integer)
+    queue: Mapped[str] = mapped_column(String(32))
+    status: Mapped[StageStatus] = mapped_column(_enum(StageStatus, "stage_status"), default=StageStatus.PENDING)
+    progress: Mapped[float] = mapped_column(Float, default=0.0, server_default=text("0"))
+    attempts: Mapped[int] = mapped_column(Integer, default=0, server_default=text("0"))
+    error: Mapped[str | None] = mapped_column(Text)
+    outputs: Mapped[list[Any]] = mapped_column(JSONB, default=list, server_default="[]")
+    queued_at: Mapped[Timestamp]
+    started_at: Mapped[Timestamp]
+    finished_at: Mapped[Timestamp]
+    heartbeat_at: Mapped[Timestamp]
+    duration_ms: Mapped[int | None] = mapped_column(Integer)
+
+    job: Mapped[Job] = relationship(back_populates="stages")
+
+
+class Artifact(Base):
+    __tablename__ = "artifacts"
+    # One row per stored object: a redelivered stage cannot record its output twice.
+    __table_args__ = (UniqueConstraint("job_id", "stage", "index"),)
+
+    id: Mapped[UUIDPk]
+    job_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("jobs.id", ondelete="CASCADE"))
+    stage: Mapped[str] = mapped_column(String(32))
+    index: Mapped[int] = mapped_column(Integer)
+    key: Mapped[str] = mapped_column(String(512), unique=True)
+    content_type: Mapped[str] = mapped_column(String(64))
+    size_bytes: Mapped[int] = mapped_column(Integer)
+    sha256: Mapped[str] = mapped_column(String(64))
+    width: Mapped[int | None] = mapped_column(Integer)
+    height: Mapped[int | None] = mapped_column(Integer)
+    seed: Mapped[int | None] = mapped_column(BigInteger)
+    created_at: Mapped[Created]

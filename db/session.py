@@ -1,0 +1,46 @@
+"""Engines and sessions. Callers own the transaction; nothing here commits."""
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from functools import lru_cache
+
+from sqlalchemy import Engine, create_engine
+from sqlalchemy.orm import Session, sessionmaker
+
+from core.config import get_settings
+
+
+@lru_cache
+def get_engine(url: str | None = None) -> Engine:
+    """One pooled engine per URL and process (created lazily, after any fork)."""
+    return create_engine(
+        url or get_settings().database_url,
+        pool_pre_ping=True,
+        pool_size=5,
+        max_overflow=10,
+        connect_args={"connect_timeout": 5},
+    )
+
+
+@lru_cache
+def _session_factory(url: str | None = None) -> sessionmaker[Session]:
+    return sessionmaker(get_engine(url), expire_on_commit=False)
+
+
+@contextmanager
+def session_scope() -> Iterator[Session]:
+    """A session that commits on success and rolls back on error (for tasks and scripts)."""
+    session = _session_factory()()
+    try:
+        yield session
+        session.commit()
+    except BaseException:
+        session.rollback()
+        raise
+    finally:
+        session.close()
+
+
+def new_session() -> Session:
+    """A bare session; the caller commits and closes it."""
+    return _session_factory()()

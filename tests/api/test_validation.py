@@ -1,0 +1,83 @@
+"""Bad input gets a 4xx whose error names the problem; none of it is a 5xx."""
+
+from typing import Any
+
+import httpx
+import pytest
+
+from tests.conftest import Client
+
+GOOD = {"prompt": "a corgi wearing a crown"}
+
+
+def _body(**input: Any) -> dict[str, Any]:
+    return {"kind": "generate", "input": {**GOOD, **input}}
+
+
+CASES = [
+    ("missing prompt", {"kind": "generate", "input": {}}, 422, "input.prompt"),
+    ("empty prompt", _body(prompt=""), 422, "input.prompt"),
+    ("blank prompt", _body(prompt="   "), 422, "input.prompt"),
+    ("100 kB prompt", _body(prompt="a" * 100_000), 422, "input.prompt"),
+    ("steps 0", _body(stages={"base": {"steps": 0}}), 422, "input.stages.base.steps"),
+    ("steps 10000", _body(stages={"sr256": {"steps": 10000}}), 422, "input.stages.sr256.steps"),
+    ("guidance -1", _body(stages={"base": {"guidance_scale": -1}}), 422, "input.stages.base.guidance_scale"),
+    ("noise level above the x4 upscaler's", _body(stages={"sr1024": {"noise_level": 900}}), 422,
+     "input.stages.sr1024.noise_level"),
+    ("resolution 512", _body(resolution=512), 422, "input.resolution"),
+    ("num_images 50", _body(num_images=50), 422, "input.num_images"),
+    ("negative seed", _body(seed=-1), 422, "input.seed"),
+    ("unknown kind", {"kind": "paint", "input": GOOD}, 422, "kind"),
+    ("missing kind", {"input": GOOD}, 422, "kind"),
+    ("unknown field", _body(promt="typo"), 422, "input.promt"),
+    ("priority 10", {**_body(), "priority": 10}, 422, "priority"),
+    ("prompt not a string", _body(prompt=42), 422, "input.prompt"),
+]
+
+
+@pytest.mark.parametrize(("name", "body", "status", "field"), CASES, ids=[c[0] for c in CASES])
+def test_bad_input_names_the_field(client: Client, name: str, body: dict[str, Any], status: int,
+                                   field: str) -> None:
+    response = client.http.post("/v1/jobs", json=body)
+    assert response.status_code == status, response.text
+    error = response.json()["error"]
+    assert error["field"] == field
+    assert error["code"] == "invalid_request"
+    assert field in error["message"]
+
+
+def test_malformed_json_is_a_400(client: Client) -> None:
+    response = client.http.post("/v1/jobs", content=b'{"kind": "generate", "input": {',
+                                headers={"Content-Type": "application/json"})
+    assert response.status_code == 400
+    assert response.json()["error"]["code"] == "malformed_json"
+
+
+def test_no_body_is_a_422(client: Client) -> None:
+    response = client.http.post("/v1/jobs")
+    assert response.status_code == 422
+    assert "body" in response.json()["error"]["message"]
+
+
+@pytest.mark.parametrize("header", [None, "Bearer iq_not-a-real-key", "Basic dXNlcjpwYXNz", "Bearer"])
+def test_missing_or_wrong_api_key_is_a_401(client: Client, header: str | None) -> None:
+    headers = {"Authorization": header} if header is not None else {}
+    response = httpx.post(f"{client.system.api_url}/v1/jobs", json=_body(), headers=headers)
+    assert response.status_code == 401
+    assert response.json()["error"]["field"] == "Authorization"
+    assert response.headers["www-authenticate"] == "Bearer"
+
+
+def test_unknown_job_is_a_404_not_pending(client: Client) -> None:
+    for job_id in ("00000000-0000-0000-0000-000000000000", "not-a-uuid"):
+        response = client.http.get(f"/v1/jobs/{job_id}")
+        assert response.status_code == 404
+        assert response.json()["error"]["code"] == "not_found"
+
+
+def test_bad_list_parameters(client: Client) -> None:
+    assert client.http.get("/v1/jobs", params={"limit": 0}).json()["error"]["field"] == "limit"
+    assert client.http.get("/v1/jobs", params={"status": "bogus"}).json()["error"]["field"] == "status"
+    response = client.http.get("/v1/jobs", params={"cursor": "garbage"})
+    assert response.status_code == 422
+    assert response.json()["error"]["field"] == "cursor"

@@ -1,0 +1,185 @@
+"""Real servers for the integration tests: Postgres + pgvector, Redis, an S3 server, the API, workers.
+
+Everything runs as its own process on loopback (or a unix socket), started from the project's wheels.
+"""
+
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Mapping
+from pathlib import Path
+
+import httpx
+
+from cli.services import RedisServer, free_port, start_postgres
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def wait_until(predicate, timeout_s: float, what: str, interval_s: float = 0.1):  # type: ignore[no-untyped-def]
+    """Poll ``predicate`` until it returns something truthy; fail with ``what`` after ``timeout_s``."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout_s} s waiting for {what}")
+        time.sleep(interval_s)
+
+
+def stop_process(process: "subprocess.Popen[bytes]", *, kill: bool = False, timeout_s: float = 15) -> None:
+    """SIGKILL, or SIGTERM then SIGKILL if it lingers."""
+    if process.poll() is not None:
+        return
+    if kill:
+        process.send_signal(signal.SIGKILL)
+    else:
+        process.terminate()
+    try:
+        process.wait(timeout=timeout_s)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait()
+
+
+class S3Server:
+    """moto's S3 HTTP server in a child process (the minio client talks to it like to MinIO)."""
+
+    def __init__(self) -> None:
+        self.port = free_port()
+        self.endpoint = f"127.0.0.1:{self.port}"
+        self.process: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> None:
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(self.port)],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        )
+
+        def answers() -> bool:
+            try:
+                httpx.get(f"http://{self.endpoint}", timeout=1.0)
+                return True
+            except httpx.TransportError:
+                return False
+
+        wait_until(answers, 30, "the S3 server")
+
+    def stop(self) -> None:
+        if self.process is not None:
+            stop_process(self.process)
+
+
+class ChildProcess:
+    """One ``imagen-queue`` command running in the background, its output in a log file."""
+
+    def __init__(self, name: str, args: list[str], env: Mapping[str, str], log_dir: Path) -> None:
+        self.name = name
+        self.args = args
+        self.env = dict(env)
+        self.log_path = log_dir / f"{name}.log"
+        self.process: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> "ChildProcess":
+        with open(self.log_path, "ab") as log:  # the child keeps its own descriptor
+            self.process = subprocess.Popen([sys.executable, "-m", "cli.main", *self.args], env=self.env,
+                                            cwd=REPO, stdout=log, stderr=subprocess.STDOUT)
+        return self
+
+    def kill(self) -> None:
+        """SIGKILL: no cleanup, no acknowledgement, as when a machine dies."""
+        if self.process is not None:
+            stop_process(self.process, kill=True)
+
+    def stop(self) -> None:
+        if self.process is not None:
+            stop_process(self.process)
+
+    def alive(self) -> bool:
+        return self.process is not None and self.process.poll() is None
+
+    def log_tail(self, lines: int = 40) -> str:
+        try:
+            return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
+        except FileNotFoundError:
+            return ""
+
+
+class System:
+    """The whole system on loopback: databases, broker, store, API, a worker and the beat scheduler."""
+
+    def __init__(self) -> None:
+        self.root = Path(tempfile.mkdtemp(prefix="imagen-tests-"))
+        self.logs = self.root / "logs"
+        self.logs.mkdir()
+        self.redis = RedisServer(self.root / "redis", port=free_port(), persistent=False)
+        self.s3 = S3Server()
+        self.api_port = free_port()
+        self.api_url = f"http://127.0.0.1:{self.api_port}"
+        self.env: dict[str, str] = {}
+        self.api: ChildProcess | None = None
+        self.worker: ChildProcess | None = None
+        self.beat: ChildProcess | None = None
+        self._pg: object = None
+
+    def start_stores(self) -> None:
+        """Postgres, Redis and S3, and the environment every process of the system reads."""
+        self._pg, database_url = start_postgres(
+            Path(tempfile.mkdtemp(prefix="imagen-tests-pg-")) / "pgdata", delete_on_exit=True
+        )
+        self.redis.start()
+        self.s3.start()
+        self.env = {
+            **os.environ,
+            "IMAGEN_DATA_DIR": str(self.root / "data"),
+            "IMAGEN_DATABASE_URL": database_url,
+            "IMAGEN_REDIS_URL": self.redis.url,
+            "IMAGEN_S3_ENDPOINT": self.s3.endpoint,
+            "IMAGEN_S3_ACCESS_KEY": "test-access",
+            "IMAGEN_S3_SECRET_KEY": "test-secret",
+            "IMAGEN_S3_BUCKET": "imagen-test",
+            "IMAGEN_PUBLIC_URL": self.api_url,
+            "IMAGEN_MODEL_PRESET": "tiny",
+            "IMAGEN_MODELS_DIR": str(self.root / "models"),
+            "IMAGEN_TORCH_THREADS": "2",
+            # Fast fault handling, so the fault tests take seconds.
+            "IMAGEN_SWEEP_INTERVAL_S": "1",
+            "IMAGEN_REQUEUE_AFTER_S": "4",
+            "IMAGEN_MAX_ATTEMPTS": "3",
+            "HF_HUB_OFFLINE": "1",
+            "PYTHONUNBUFFERED": "1",
+        }
+
+    def start_processes(self) -> None:
+        self.api = ChildProcess("api", ["api", "--port", str(self.api_port)], self.env, self.logs).start()
+        self.worker = self.new_worker()
+        self.beat = ChildProcess(
+            "beat", ["beat", "--schedule", str(self.root / "celerybeat-schedule"), "--loglevel", "INFO"],
+            self.env, self.logs,
+        ).start()
+
+        def ready() -> bool:
+            assert self.api is not None and self.api.alive(), self.api.log_tail() if self.api else ""
+            try:
+                return httpx.get(f"{self.api_url}/readyz", timeout=2).status_code == 200
+            except httpx.TransportError:
+                return False
+
+        wait_until(ready, 60, "the API to be ready")
+
+    def new_worker(self, name: str = "worker") -> ChildProcess:
+        """Start a worker that consumes every queue (solo pool, as on a GPU machine)."""
+        return ChildProcess(name, ["worker", "--pool", "solo", "--loglevel", "INFO"], self.env, self.logs).start()
+
+    def stop(self) -> None:
+        for child in (self.worker, self.beat, self.api):
+            if child is not None:
+                child.stop()
+        self.redis.stop()
+        self.s3.stop()
+        if self._pg is not None:
+            self._pg.cleanup()  # type: ignore[attr-defined]

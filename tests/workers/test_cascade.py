@@ -1,0 +1,321 @@
+"""The cascade's stages on the tiny preset: sizes, seeds, progress, cancellation and bad input."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+import subprocess
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import PIL.Image
+import pytest
+import torch
+
+from workers import cascade as stages
+from workers.cascade import PromptEmbeds
+from workers.pipelines import Cascade, ModelsNotFoundError, get_cascade, load_cascade
+from workers.presets import PRESETS, StageParams, get_preset
+from workers.tiny_models import BUILD_MARKER, TINY_DIR, build_tiny
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+PROMPT = "a corgi wearing a golden crown"
+NEGATIVE = "blurry"
+SEED = 1234
+# Fewer steps than the defaults where a test asserts behaviour, not looks: the suite stays quick.
+FEW_STEPS = {
+    "base_64": StageParams(3, 7.0),
+    "sr_256": StageParams(2, 4.0, 250),
+    "sr_1024": StageParams(2, 9.0, 100),
+}
+
+
+class Stop(Exception):
+    """What a caller raises from on_progress to cancel a stage."""
+
+
+@pytest.fixture(scope="module")
+def models_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    folder = tmp_path_factory.mktemp("models")
+    build_tiny(folder)
+    return folder
+
+
+@pytest.fixture(scope="module")
+def cascade(models_dir: Path) -> Cascade:
+    return get_cascade("tiny", models_dir)
+
+
+@pytest.fixture(scope="module")
+def embeds(cascade: Cascade) -> PromptEmbeds:
+    return stages.encode_prompt(cascade, PROMPT, NEGATIVE)
+
+
+@pytest.fixture(scope="module")
+def full_run(cascade: Cascade) -> dict[str, list[PIL.Image.Image]]:
+    return stages.run_direct(
+        cascade, PROMPT, NEGATIVE, num_images=1, seed=SEED, resolution=1024, params=FEW_STEPS
+    )
+
+
+def _digests(outputs: dict[str, list[PIL.Image.Image]]) -> dict[str, list[str]]:
+    return {
+        name: [hashlib.sha256(stages.image_to_png(image)).hexdigest() for image in images]
+        for name, images in outputs.items()
+    }
+
+
+def test_each_stage_produces_its_resolution(full_run: dict[str, list[PIL.Image.Image]]) -> None:
+    sizes = {name: [image.size for image in images] for name, images in full_run.items()}
+    assert sizes == {"base_64": [(64, 64)], "sr_256": [(256, 256)], "sr_1024": [(1024, 1024)]}
+
+
+def test_cascade_stops_at_the_requested_resolution(
+    cascade: Cascade, full_run: dict[str, list[PIL.Image.Image]]
+) -> None:
+    outputs = stages.run_direct(
+        cascade, PROMPT, NEGATIVE, num_images=1, seed=SEED, resolution=256, params=FEW_STEPS
+    )
+    assert list(outputs) == ["base_64", "sr_256"]
+    # Same seed, same images: the first two stages of the full run, byte for byte.
+    full = _digests(full_run)
+    assert _digests(outputs) == {"base_64": full["base_64"], "sr_256": full["sr_256"]}
+
+
+def test_same_seed_gives_identical_pngs_in_another_process(
+    models_dir: Path, full_run: dict[str, list[PIL.Image.Image]]
+) -> None:
+    script = f"""
+import hashlib, json, sys
+from pathlib import Path
+import torch
+torch.set_num_threads({torch.get_num_threads()})
+from workers import cascade as stages
+from workers.pipelines import load_cascade
+from workers.presets import StageParams, get_preset
+params = {{name: StageParams(*values) for name, values in json.loads(sys.argv[2]).items()}}
+cascade = load_cascade(get_preset("tiny"), Path(sys.argv[1]))
+outputs = stages.run_direct(cascade, {PROMPT!r}, {NEGATIVE!r}, num_images=1, seed={SEED},
+                            resolution=1024, params=params)
+print(json.dumps({{name: [hashlib.sha256(stages.image_to_png(i)).hexdigest() for i in images]
+                  for name, images in outputs.items()}}))
+"""
+    params = {
+        name: [p.steps, p.guidance_scale, p.noise_level] for name, p in FEW_STEPS.items()
+    }
+    env = {**os.environ, "PYTHONPATH": str(REPO_ROOT), "HF_HUB_OFFLINE": "1"}
+    result = subprocess.run(
+        [sys.executable, "-c", script, str(models_dir), json.dumps(params)],
+        cwd=REPO_ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=True,
+    )
+    assert json.loads(result.stdout.strip().splitlines()[-1]) == _digests(full_run)
+
+
+def test_another_seed_gives_another_image(cascade: Cascade, embeds: PromptEmbeds) -> None:
+    first = stages.run_base(cascade, embeds, num_images=1, seed=SEED, steps=3, guidance_scale=7.0)
+    other = stages.run_base(
+        cascade, embeds, num_images=1, seed=SEED + 100, steps=3, guidance_scale=7.0
+    )
+    assert stages.image_to_png(first[0]) != stages.image_to_png(other[0])
+
+
+def test_each_image_depends_only_on_its_own_seed(cascade: Cascade, embeds: PromptEmbeds) -> None:
+    pair = stages.run_base(cascade, embeds, num_images=2, seed=SEED, steps=3, guidance_scale=7.0)
+    second = stages.run_base(
+        cascade, embeds, num_images=1, seed=SEED + 1, steps=3, guidance_scale=7.0
+    )
+    pngs = [stages.image_to_png(image) for image in pair]
+    assert pngs[0] != pngs[1]
+    assert pngs[1] == stages.image_to_png(second[0])
+
+
+def _run_stage(
+    stage: str, cascade: Cascade, embeds: PromptEmbeds, on_progress: Callable[[float], None]
+) -> list[PIL.Image.Image]:
+    if stage == "base_64":
+        return stages.run_base(
+            cascade, embeds, num_images=2, seed=SEED, steps=3, guidance_scale=7.0,
+            on_progress=on_progress,
+        )
+    source = 64 if stage == "sr_256" else 256
+    images = [PIL.Image.new("RGB", (source, source), (200, 120, 40))] * 2
+    return stages.run_sr(
+        cascade, stage, images, embeds, PROMPT, NEGATIVE, seed=SEED, steps=3,
+        guidance_scale=4.0, noise_level=100, on_progress=on_progress,
+    )
+
+
+@pytest.mark.parametrize("stage", ["base_64", "sr_256", "sr_1024"])
+def test_progress_rises_after_every_step_to_one(
+    stage: str, cascade: Cascade, embeds: PromptEmbeds
+) -> None:
+    fractions: list[float] = []
+    images = _run_stage(stage, cascade, embeds, fractions.append)
+    assert len(images) == 2
+    # Two images of three steps each.
+    assert len(fractions) == 6
+    assert all(a < b for a, b in zip(fractions, fractions[1:], strict=False))
+    assert 0.0 < fractions[0]
+    assert fractions[-1] == 1.0
+
+
+@pytest.mark.parametrize("stage", ["base_64", "sr_256", "sr_1024"])
+def test_raising_in_on_progress_stops_the_stage(
+    stage: str, cascade: Cascade, embeds: PromptEmbeds
+) -> None:
+    calls: list[float] = []
+
+    def cancel_on_second_step(fraction: float) -> None:
+        calls.append(fraction)
+        if len(calls) == 2:
+            raise Stop
+
+    with pytest.raises(Stop):
+        _run_stage(stage, cascade, embeds, cancel_on_second_step)
+    assert len(calls) == 2
+    # The cascade is still usable after a cancellation.
+    assert len(_run_stage(stage, cascade, embeds, lambda fraction: None)) == 2
+
+
+def test_embeds_round_trip_through_bytes_exactly(embeds: PromptEmbeds) -> None:
+    data = stages.embeds_to_bytes(embeds)
+    restored = stages.embeds_from_bytes(data)
+    assert restored.prompt_embeds.dtype == embeds.prompt_embeds.dtype
+    assert torch.equal(restored.prompt_embeds, embeds.prompt_embeds)
+    assert torch.equal(restored.negative_embeds, embeds.negative_embeds)
+    assert stages.embeds_to_bytes(restored) == data
+    assert not torch.equal(embeds.prompt_embeds, embeds.negative_embeds)
+
+
+def test_encode_prompt_is_deterministic(cascade: Cascade, embeds: PromptEmbeds) -> None:
+    again = stages.encode_prompt(cascade, PROMPT, NEGATIVE)
+    assert stages.embeds_to_bytes(again) == stages.embeds_to_bytes(embeds)
+
+
+def test_png_round_trip_keeps_pixels(full_run: dict[str, list[PIL.Image.Image]]) -> None:
+    image = full_run["sr_256"][0]
+    data = stages.image_to_png(image)
+    assert data.startswith(b"\x89PNG")
+    assert stages.image_to_png(stages.png_to_image(data)) == data
+    assert stages.png_to_image(data).tobytes() == image.tobytes()
+
+
+def _small(size: int) -> list[PIL.Image.Image]:
+    return [PIL.Image.new("RGB", (size, size))]
+
+
+_BASE = {"num_images": 1, "seed": 0, "steps": 2, "guidance_scale": 7.0}
+_SR = {"seed": 0, "steps": 2, "guidance_scale": 4.0, "noise_level": 100}
+
+
+@pytest.mark.parametrize(
+    ("call", "name"),
+    [
+        (lambda c, e: stages.encode_prompt(c, "   "), "prompt"),
+        (lambda c, e: stages.encode_prompt(c, 42), "prompt"),  # type: ignore[arg-type]
+        (lambda c, e: stages.encode_prompt(c, "ok", b"neg"), "negative_prompt"),  # type: ignore[arg-type]
+        (lambda c, e: stages.run_base(c, e, **{**_BASE, "num_images": 0}), "num_images"),
+        (lambda c, e: stages.run_base(c, e, **{**_BASE, "seed": -1}), "seed"),
+        (lambda c, e: stages.run_base(c, e, **{**_BASE, "seed": 2**63}), "seed"),
+        (lambda c, e: stages.run_base(c, e, **{**_BASE, "steps": 0}), "steps"),
+        (lambda c, e: stages.run_base(c, e, **{**_BASE, "steps": 2.5}), "steps"),
+        (lambda c, e: stages.run_base(c, e, **{**_BASE, "guidance_scale": -1.0}), "guidance_scale"),
+        (
+            lambda c, e: stages.run_base(c, e, **{**_BASE, "guidance_scale": float("nan")}),
+            "guidance_scale",
+        ),
+        (
+            lambda c, e: stages.run_base(
+                c, PromptEmbeds(torch.zeros(1, 77, 5), torch.zeros(1, 77, 5)), **_BASE
+            ),
+            "embeds",
+        ),
+        (lambda c, e: stages.run_sr_256(c, _small(32), e, **_SR), "images[0]"),
+        (lambda c, e: stages.run_sr_256(c, [], e, **_SR), "images"),
+        (lambda c, e: stages.run_sr_256(c, _small(64), e, **{**_SR, "noise_level": 1000}), "noise_level"),
+        (
+            lambda c, e: stages.run_sr_1024(c, _small(256), PROMPT, **{**_SR, "noise_level": 351}),
+            "noise_level",
+        ),
+        (lambda c, e: stages.run_sr_1024(c, _small(64), PROMPT, **_SR), "images[0]"),
+        (lambda c, e: stages.run_sr_1024(c, _small(256), "", **_SR), "prompt"),
+        (lambda c, e: stages.run_sr(c, "sr_512", _small(64), e, PROMPT, None, **_SR), "stage_name"),
+        (
+            lambda c, e: stages.run_direct(c, PROMPT, num_images=1, seed=0, resolution=512),
+            "resolution",
+        ),
+        (
+            lambda c, e: stages.run_direct(
+                c, PROMPT, num_images=1, seed=0, resolution=64, params={"base": StageParams(2, 1.0)}
+            ),
+            "params",
+        ),
+        (lambda c, e: stages.embeds_from_bytes(b"not safetensors"), "embeddings"),
+        (lambda c, e: stages.png_to_image(b"not a png"), "image"),
+    ],
+)
+def test_invalid_input_raises_value_error_naming_it(
+    call: Callable[[Cascade, PromptEmbeds], Any], name: str, cascade: Cascade, embeds: PromptEmbeds
+) -> None:
+    with pytest.raises(ValueError, match=rf"^{re.escape(name)}\W"):
+        call(cascade, embeds)
+
+
+def test_build_tiny_is_deterministic(models_dir: Path, tmp_path: Path) -> None:
+    build_tiny(tmp_path)
+    first, second = _tree(models_dir / TINY_DIR), _tree(tmp_path / TINY_DIR)
+    assert any(name.endswith(".safetensors") for name in first)
+    assert first == second
+
+
+def _tree(folder: Path) -> dict[str, bytes]:
+    return {
+        str(path.relative_to(folder)): path.read_bytes()
+        for path in sorted(folder.rglob("*"))
+        if path.is_file()
+    }
+
+
+def test_build_tiny_skips_a_complete_build_and_redoes_an_incomplete_one(tmp_path: Path) -> None:
+    target = build_tiny(tmp_path)
+    marker = target / BUILD_MARKER
+    built = marker.stat().st_mtime_ns, marker.stat().st_ino
+
+    assert build_tiny(tmp_path) == target
+    assert (marker.stat().st_mtime_ns, marker.stat().st_ino) == built
+
+    marker.unlink()
+    build_tiny(tmp_path)
+    assert marker.is_file()
+    assert sorted(path.name for path in tmp_path.iterdir()) == [TINY_DIR]
+
+
+def test_missing_tiny_models_name_the_build_command(tmp_path: Path) -> None:
+    with pytest.raises(ModelsNotFoundError, match="imagen-queue models build-tiny"):
+        load_cascade(get_preset("tiny"), tmp_path)
+
+
+def test_get_cascade_loads_once_per_process(cascade: Cascade, models_dir: Path) -> None:
+    assert get_cascade("tiny", models_dir) is cascade
+    assert cascade.load_seconds > 0
+
+
+def test_presets_share_the_cascade_shape() -> None:
+    for preset in PRESETS.values():
+        assert [(s.name, s.resolution) for s in preset.stages] == [
+            ("base_64", 64),
+            ("sr_256", 256),
+            ("sr_1024", 1024),
+        ]
+    assert get_preset("deepfloyd-if").stage("sr_1024").max_noise_level == 350
+    with pytest.raises(ValueError, match="deepfloyd-if, tiny"):
+        get_preset("huge")

@@ -1,0 +1,424 @@
+"""The cascade's stages as plain functions: prompt in, images out; no Celery, database or storage.
+
+Each image `i` of a request is drawn from its own generator seeded with `seed + i`, on the CPU, and
+each image runs through a stage on its own, so image `i` comes out the same whatever the number of
+images requested, and the same on any device for the same weights, dtype and thread count.
+"""
+
+from __future__ import annotations
+
+import io
+import math
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import PIL.Image
+import torch
+from safetensors.torch import load as load_safetensors
+from safetensors.torch import save as save_safetensors
+
+from workers.pipelines import Cascade
+from workers.presets import BASE_64, SR_256, SR_1024, StageParams, StageSpec
+
+ProgressFn = Callable[[float], None]
+"""Called with the fraction of the stage done (0..1] after each denoising step; may raise to stop."""
+
+MAX_IMAGES = 64
+MAX_STEPS = 1000
+MAX_GUIDANCE = 50.0
+# Seeds are stored as Postgres bigints, and image `i` uses `seed + i`.
+MAX_SEED = 2**63 - 1
+MAX_PROMPT_CHARS = 4000
+
+_EMBEDS_KEY = "prompt_embeds"
+_NEGATIVE_KEY = "negative_embeds"
+
+
+@dataclass(frozen=True)
+class PromptEmbeds:
+    """A prompt's text-encoder states and those of its negative prompt, on the CPU."""
+
+    prompt_embeds: torch.Tensor
+    negative_embeds: torch.Tensor
+
+
+def encode_prompt(cascade: Cascade, prompt: str, negative_prompt: str | None = None) -> PromptEmbeds:
+    """Encode `prompt` (and `negative_prompt`, or the empty prompt) with stage I's text encoder."""
+    # 1. Check inputs
+    _check_prompt("prompt", prompt)
+    if negative_prompt is not None:
+        _check_prompt("negative_prompt", negative_prompt, allow_empty=True)
+
+    # 2. Encode both in one call, as the pipeline would for classifier-free guidance
+    prompt_embeds, negative_embeds = cascade.base.encode_prompt(
+        prompt,
+        do_classifier_free_guidance=True,
+        num_images_per_prompt=1,
+        device=torch.device(cascade.device),
+        negative_prompt=negative_prompt,
+        # Caption cleaning needs bs4 and ftfy, and would change the prompt the user wrote.
+        clean_caption=False,
+    )
+    return PromptEmbeds(prompt_embeds.cpu(), negative_embeds.cpu())
+
+
+def embeds_to_bytes(embeds: PromptEmbeds) -> bytes:
+    """Serialize `embeds` as a safetensors file."""
+    tensors = {
+        _EMBEDS_KEY: embeds.prompt_embeds.detach().cpu().contiguous(),
+        _NEGATIVE_KEY: embeds.negative_embeds.detach().cpu().contiguous(),
+    }
+    return save_safetensors(tensors)
+
+
+def embeds_from_bytes(data: bytes) -> PromptEmbeds:
+    """Read embeddings written by `embeds_to_bytes`."""
+    try:
+        tensors = load_safetensors(data)
+    except Exception as exc:  # safetensors raises its own, unexported, error type
+        raise ValueError(f"embeddings are not a safetensors file: {exc}") from exc
+    missing = {_EMBEDS_KEY, _NEGATIVE_KEY} - tensors.keys()
+    if missing:
+        raise ValueError(f"embeddings file lacks {sorted(missing)}; it has {sorted(tensors)}")
+    return PromptEmbeds(tensors[_EMBEDS_KEY], tensors[_NEGATIVE_KEY])
+
+
+def run_base(
+    cascade: Cascade,
+    embeds: PromptEmbeds,
+    *,
+    num_images: int,
+    seed: int,
+    steps: int,
+    guidance_scale: float,
+    on_progress: ProgressFn | None = None,
+) -> list[PIL.Image.Image]:
+    """Stage I: `num_images` images of the base resolution from the prompt's embeddings."""
+    spec = cascade.preset.stage(BASE_64)
+    pipeline = cascade.base
+
+    # 1. Check inputs
+    _check_int("num_images", num_images, 1, MAX_IMAGES)
+    _check_seed(seed, num_images)
+    _check_int("steps", steps, 1, MAX_STEPS)
+    _check_guidance(guidance_scale)
+    _check_embeds(embeds, pipeline.unet.config.encoder_hid_dim)
+
+    # 2. Put the embeddings where the model is
+    prompt_embeds, negative_embeds = _embeds_on(cascade, embeds)
+
+    # 3. Denoise each image from its own seed
+    images: list[PIL.Image.Image] = []
+    with cascade.run_lock:
+        for index in range(num_images):
+            output = pipeline(
+                prompt_embeds=prompt_embeds,
+                negative_prompt_embeds=negative_embeds,
+                num_inference_steps=steps,
+                guidance_scale=guidance_scale,
+                height=spec.resolution,
+                width=spec.resolution,
+                generator=_generator(seed + index),
+                # Intermediates stay tensors, as in diffusers' IF recipe: the watermark and the
+                # safety check belong to the final image.
+                output_type="pt",
+                callback=_step_callback(on_progress, index, num_images, steps),
+                callback_steps=1,
+                clean_caption=False,
+            )
+            images.append(_tensor_to_image(output.images[0]))
+    return images
+
+
+def run_sr_256(
+    cascade: Cascade,
+    images: Sequence[PIL.Image.Image],
+    embeds: PromptEmbeds,
+    *,
+    seed: int,
+    steps: int,
+    guidance_scale: float,
+    noise_level: int,
+    on_progress: ProgressFn | None = None,
+) -> list[PIL.Image.Image]:
+    """Stage II: upscale base images x4, conditioned on the prompt's embeddings (IF-II)."""
+    spec = cascade.preset.stage(SR_256)
+    pipeline = cascade.sr_256
+
+    # 1. Check inputs
+    _check_sr_inputs(cascade, spec, images, seed, steps, guidance_scale, noise_level)
+    _check_embeds(embeds, pipeline.unet.config.encoder_hid_dim)
+
+    # 2. Put the embeddings where the model is
+    prompt_embeds, negative_embeds = _embeds_on(cascade, embeds)
+
+    # 3. Denoise each image from its own seed
+    upscaled: list[PIL.Image.Image] = []
+    with cascade.run_lock:
+        for index, image in enumerate(images):
+            output = pipeline(
+                image=image.convert("RGB"),
+                prompt_embeds=prompt_embeds,
+                negative_prompt_embeds=negative_embeds,
+                num_inference_steps=steps,
+                guidance_scale=guidance_scale,
+                noise_level=noise_level,
+                height=spec.resolution,
+                width=spec.resolution,
+                generator=_generator(seed + index),
+                output_type="pt",
+                callback=_step_callback(on_progress, index, len(images), steps),
+                callback_steps=1,
+                clean_caption=False,
+            )
+            upscaled.append(_tensor_to_image(output.images[0]))
+    return upscaled
+
+
+def run_sr_1024(
+    cascade: Cascade,
+    images: Sequence[PIL.Image.Image],
+    prompt: str,
+    negative_prompt: str | None = None,
+    *,
+    seed: int,
+    steps: int,
+    guidance_scale: float,
+    noise_level: int,
+    on_progress: ProgressFn | None = None,
+) -> list[PIL.Image.Image]:
+    """Stage III: upscale stage II images x4 with the x4 upscaler, which encodes the prompt itself."""
+    spec = cascade.preset.stage(SR_1024)
+    pipeline = cascade.sr_1024
+
+    # 1. Check inputs
+    _check_sr_inputs(cascade, spec, images, seed, steps, guidance_scale, noise_level)
+    _check_prompt("prompt", prompt)
+    if negative_prompt is not None:
+        _check_prompt("negative_prompt", negative_prompt, allow_empty=True)
+
+    # 2. Denoise each image from its own seed
+    upscaled: list[PIL.Image.Image] = []
+    with cascade.run_lock:
+        for index, image in enumerate(images):
+            output = pipeline(
+                prompt=prompt,
+                negative_prompt=negative_prompt,
+                image=image.convert("RGB"),
+                num_inference_steps=steps,
+                guidance_scale=guidance_scale,
+                noise_level=noise_level,
+                generator=_generator(seed + index),
+                output_type="pil",
+                callback=_step_callback(on_progress, index, len(images), steps),
+                callback_steps=1,
+            )
+            upscaled.append(output.images[0])
+    return upscaled
+
+
+def run_sr(
+    cascade: Cascade,
+    stage_name: str,
+    images: Sequence[PIL.Image.Image],
+    embeds: PromptEmbeds,
+    prompt: str,
+    negative_prompt: str | None,
+    *,
+    seed: int,
+    steps: int,
+    guidance_scale: float,
+    noise_level: int,
+    on_progress: ProgressFn | None = None,
+) -> list[PIL.Image.Image]:
+    """Run the super-resolution stage called `stage_name`, giving it the conditioning it takes."""
+    if stage_name == SR_256:
+        return run_sr_256(
+            cascade, images, embeds, seed=seed, steps=steps, guidance_scale=guidance_scale,
+            noise_level=noise_level, on_progress=on_progress,
+        )
+    if stage_name == SR_1024:
+        return run_sr_1024(
+            cascade, images, prompt, negative_prompt, seed=seed, steps=steps,
+            guidance_scale=guidance_scale, noise_level=noise_level, on_progress=on_progress,
+        )
+    raise ValueError(f"stage_name must be {SR_256!r} or {SR_1024!r}, got {stage_name!r}")
+
+
+def run_direct(
+    cascade: Cascade,
+    prompt: str,
+    negative_prompt: str | None = None,
+    *,
+    num_images: int,
+    seed: int,
+    resolution: int,
+    params: Mapping[str, StageParams] | None = None,
+) -> dict[str, list[PIL.Image.Image]]:
+    """The whole cascade in this process, each stage's images by stage name.
+
+    Embeddings and images cross from stage to stage as bytes, as they do through storage between
+    Celery tasks, so this is a fair baseline for the distributed path and gives the same images.
+    """
+    # 1. Check inputs
+    stages = cascade.preset.stages_up_to(resolution)
+    chosen = _resolve_params(cascade, stages, params or {})
+
+    # 2. Encode the prompt once for every stage that takes embeddings
+    embeds = embeds_from_bytes(embeds_to_bytes(encode_prompt(cascade, prompt, negative_prompt)))
+
+    # 3. Run the stages, each reading the previous stage's PNGs
+    outputs: dict[str, list[PIL.Image.Image]] = {}
+    images: list[PIL.Image.Image] = []
+    for spec in stages:
+        stage_params = chosen[spec.name]
+        if spec.name == BASE_64:
+            images = run_base(
+                cascade, embeds, num_images=num_images, seed=seed, steps=stage_params.steps,
+                guidance_scale=stage_params.guidance_scale,
+            )
+        else:
+            assert stage_params.noise_level is not None  # filled in by _resolve_params
+            images = run_sr(
+                cascade, spec.name, images, embeds, prompt, negative_prompt, seed=seed,
+                steps=stage_params.steps, guidance_scale=stage_params.guidance_scale,
+                noise_level=stage_params.noise_level,
+            )
+        images = [png_to_image(image_to_png(image)) for image in images]
+        outputs[spec.name] = images
+    return outputs
+
+
+def image_to_png(image: PIL.Image.Image) -> bytes:
+    """Encode `image` as PNG bytes that depend on its pixels only (no metadata, fixed settings)."""
+    buffer = io.BytesIO()
+    image.convert("RGB").save(buffer, format="PNG", compress_level=6, optimize=False)
+    return buffer.getvalue()
+
+
+def png_to_image(data: bytes) -> PIL.Image.Image:
+    """Decode PNG bytes into an RGB image held in memory."""
+    try:
+        with PIL.Image.open(io.BytesIO(data)) as opened:
+            if opened.format != "PNG":
+                raise ValueError(f"image must be a PNG, got {opened.format}")
+            return opened.convert("RGB")
+    except PIL.UnidentifiedImageError as exc:
+        raise ValueError(f"image bytes are not a readable image: {exc}") from exc
+
+
+def _check_prompt(name: str, value: object, *, allow_empty: bool = False) -> None:
+    if not isinstance(value, str):
+        raise ValueError(f"{name} must be a string, got {type(value).__name__}")
+    if not allow_empty and not value.strip():
+        raise ValueError(f"{name} must not be empty")
+    if len(value) > MAX_PROMPT_CHARS:
+        raise ValueError(f"{name} must be at most {MAX_PROMPT_CHARS} characters, got {len(value)}")
+
+
+def _check_int(name: str, value: object, low: int, high: int) -> None:
+    # bool is an int to Python, but `steps=True` is a caller's mistake.
+    if not isinstance(value, int) or isinstance(value, bool) or not low <= value <= high:
+        raise ValueError(f"{name} must be an integer in [{low}, {high}], got {value!r}")
+
+
+def _check_seed(seed: object, num_images: int) -> None:
+    _check_int("seed", seed, 0, MAX_SEED - (num_images - 1))
+
+
+def _check_guidance(guidance_scale: object) -> None:
+    if (
+        not isinstance(guidance_scale, int | float)
+        or isinstance(guidance_scale, bool)
+        or not math.isfinite(guidance_scale)
+        or not 0.0 <= guidance_scale <= MAX_GUIDANCE
+    ):
+        raise ValueError(
+            f"guidance_scale must be a number in [0, {MAX_GUIDANCE}], got {guidance_scale!r}"
+        )
+
+
+def _check_embeds(embeds: PromptEmbeds, width: int) -> None:
+    for name in ("prompt_embeds", "negative_embeds"):
+        tensor = getattr(embeds, name)
+        if tensor.ndim != 3 or tensor.shape[0] != 1 or tensor.shape[-1] != width:
+            raise ValueError(
+                f"embeds.{name} must have shape (1, tokens, {width}) for this preset's text encoder,"
+                f" got {tuple(tensor.shape)}"
+            )
+
+
+def _check_sr_inputs(
+    cascade: Cascade,
+    spec: StageSpec,
+    images: Sequence[PIL.Image.Image],
+    seed: int,
+    steps: int,
+    guidance_scale: float,
+    noise_level: int,
+) -> None:
+    stages = cascade.preset.stages
+    source_resolution = stages[stages.index(spec) - 1].resolution
+    if not isinstance(images, Sequence) or not 1 <= len(images) <= MAX_IMAGES:
+        raise ValueError(f"images must be a list of 1 to {MAX_IMAGES} images, got {images!r}")
+    for index, image in enumerate(images):
+        if not isinstance(image, PIL.Image.Image):
+            raise ValueError(f"images[{index}] must be a PIL image, got {type(image).__name__}")
+        if image.size != (source_resolution, source_resolution):
+            raise ValueError(
+                f"images[{index}] must be {source_resolution}x{source_resolution} for stage"
+                f" {spec.name}, got {image.size[0]}x{image.size[1]}"
+            )
+    _check_seed(seed, len(images))
+    _check_int("steps", steps, 1, MAX_STEPS)
+    _check_guidance(guidance_scale)
+    _check_int("noise_level", noise_level, 0, spec.max_noise_level or 0)
+
+
+def _resolve_params(
+    cascade: Cascade, stages: Sequence[StageSpec], params: Mapping[str, StageParams]
+) -> dict[str, StageParams]:
+    names = [spec.name for spec in cascade.preset.stages]
+    unknown = sorted(set(params) - set(names))
+    if unknown:
+        raise ValueError(f"params has unknown stages {unknown}; allowed: {names}")
+    chosen: dict[str, StageParams] = {}
+    for spec in stages:
+        given = params.get(spec.name, spec.default_params())
+        noise_level = given.noise_level
+        if spec.name != BASE_64 and noise_level is None:
+            noise_level = spec.default_noise_level
+        chosen[spec.name] = StageParams(given.steps, given.guidance_scale, noise_level)
+    return chosen
+
+
+def _embeds_on(cascade: Cascade, embeds: PromptEmbeds) -> tuple[torch.Tensor, torch.Tensor]:
+    return (
+        embeds.prompt_embeds.to(cascade.device, cascade.dtype),
+        embeds.negative_embeds.to(cascade.device, cascade.dtype),
+    )
+
+
+def _generator(seed: int) -> torch.Generator:
+    # A CPU generator draws the same noise whatever device the model runs on.
+    return torch.Generator(device="cpu").manual_seed(seed)
+
+
+def _step_callback(
+    on_progress: ProgressFn | None, index: int, count: int, steps: int
+) -> Callable[[int, int, torch.Tensor], None] | None:
+    if on_progress is None:
+        return None
+    total = count * steps
+
+    def report(step: int, timestep: int, latents: torch.Tensor) -> None:
+        on_progress((index * steps + step + 1) / total)
+
+    return report
+
+
+def _tensor_to_image(image: torch.Tensor) -> PIL.Image.Image:
+    # The same rounding as diffusers' numpy_to_pil, from the model's [-1, 1] range.
+    pixels = (image.float() / 2 + 0.5).clamp(0, 1).permute(1, 2, 0).cpu().numpy()
+    return PIL.Image.fromarray((pixels * 255).round().astype(np.uint8))

@@ -1,0 +1,68 @@
+"""The Celery application: broker, per-stage queues, routing and the reliability settings.
+
+Importing this module never imports torch: the API imports it to enqueue work by task name.
+"""
+
+from datetime import timedelta
+
+from celery import Celery
+from kombu import Queue
+
+from core.config import get_settings
+
+# One queue per kind of work, so each GPU pool can serve only the stages that fit it.
+QUEUES = ("text", "base", "sr", "caption", "embed", "webhooks", "control")
+
+TASK_ROUTES = {
+    "imagen.encode_text": {"queue": "text"},
+    "imagen.base": {"queue": "base"},
+    "imagen.sr": {"queue": "sr"},
+    "imagen.finalize": {"queue": "control"},
+    "imagen.sweep": {"queue": "control"},
+}
+
+
+def create_app() -> Celery:
+    """A Celery app configured from the settings."""
+    settings = get_settings()
+    app = Celery("imagen", broker=settings.redis_url, include=["workers.tasks"])
+    # Longer than the longest stage, or Redis would hand a running stage to a second worker.
+    visibility_timeout = settings.stage_time_limit_s + 600
+    app.conf.update(
+        task_queues=[Queue(name) for name in QUEUES],
+        task_default_queue="control",
+        task_routes=TASK_ROUTES,
+        task_serializer="json",
+        accept_content=["json"],
+        task_ignore_result=True,
+        result_backend=None,
+        # A stage is acknowledged only when it finished, and handed back if its worker dies.
+        task_acks_late=True,
+        task_reject_on_worker_lost=True,
+        worker_prefetch_multiplier=1,
+        task_time_limit=settings.stage_time_limit_s,
+        broker_transport_options={
+            "visibility_timeout": visibility_timeout,
+            # Job priority 0..9 (9 first) maps onto Redis' priority lists (0 first).
+            "priority_steps": list(range(10)),
+            "sep": ":",
+            "queue_order_strategy": "priority",
+            "socket_timeout": 10,
+            "socket_connect_timeout": 5,
+        },
+        broker_connection_retry_on_startup=True,
+        broker_connection_max_retries=None,
+        worker_cancel_long_running_tasks_on_connection_loss=False,
+        worker_hijack_root_logger=False,
+        worker_send_task_events=True,
+        task_send_sent_event=True,
+        beat_schedule={
+            # A sweep that waited longer than the interval is dropped: the next one does its work.
+            "sweep": {"task": "imagen.sweep", "schedule": timedelta(seconds=settings.sweep_interval_s),
+                      "options": {"expires": settings.sweep_interval_s}},
+        },
+    )
+    return app
+
+
+app = create_app()

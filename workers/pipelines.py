@@ -1,0 +1,186 @@
+"""Loading a preset's three pipelines, once per worker process."""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, TypeVar
+
+import torch
+from diffusers import (
+    DiffusionPipeline,
+    IFPipeline,
+    IFSuperResolutionPipeline,
+    StableDiffusionUpscalePipeline,
+)
+
+from diffusers.utils import logging as diffusers_logging
+from transformers.utils import logging as transformers_logging
+
+from workers.presets import BASE_64, SR_256, SR_1024, Preset, StageSpec, get_preset
+
+logger = logging.getLogger(__name__)
+
+_Pipeline = TypeVar("_Pipeline", bound=DiffusionPipeline)
+
+
+class ModelsNotFoundError(FileNotFoundError):
+    """A preset's weights are neither in the models dir nor in the Hugging Face cache."""
+
+
+class Cascade:
+    """A preset's three pipelines, resident on one device."""
+
+    def __init__(
+        self,
+        preset: Preset,
+        base: IFPipeline,
+        sr_256: IFSuperResolutionPipeline,
+        sr_1024: StableDiffusionUpscalePipeline,
+        *,
+        device: str,
+        dtype: torch.dtype,
+        load_seconds: float,
+    ) -> None:
+        self.preset = preset
+        self.base = base
+        self.sr_256 = sr_256
+        self.sr_1024 = sr_1024
+        self.device = device
+        self.dtype = dtype
+        self.load_seconds = load_seconds
+        # Schedulers keep per-run state (timesteps), so two threads must not run a stage at once.
+        self.run_lock = threading.Lock()
+
+    def __repr__(self) -> str:
+        return f"Cascade(preset={self.preset.name!r}, device={self.device!r}, dtype={self.dtype})"
+
+
+def pick_device(preset: Preset) -> tuple[str, torch.dtype]:
+    """CUDA when there is one (in half precision if the preset allows it), else the CPU in fp32."""
+    if torch.cuda.is_available():
+        return "cuda", torch.float16 if preset.fp16_on_cuda else torch.float32
+    return "cpu", torch.float32
+
+
+def load_cascade(preset: Preset, models_dir: Path) -> Cascade:
+    """Load `preset`'s pipelines from `models_dir` (or the Hugging Face cache) onto the best device."""
+    device, dtype = pick_device(preset)
+    started = time.perf_counter()
+    with quiet_progress_bars():
+        base, sr_256, sr_1024 = _load_stages(preset, models_dir, dtype)
+
+    # Progress is reported through the denoising callback, not tqdm bars in the worker's log.
+    for pipeline in (base, sr_256, sr_1024):
+        pipeline.to(device)
+        pipeline.set_progress_bar_config(disable=True)
+
+    load_seconds = time.perf_counter() - started
+    logger.info("loaded preset %s on %s (%s) in %.2f s", preset.name, device, dtype, load_seconds)
+    return Cascade(
+        preset, base, sr_256, sr_1024, device=device, dtype=dtype, load_seconds=load_seconds
+    )
+
+
+@contextmanager
+def quiet_progress_bars() -> Iterator[None]:
+    """Silence the loading and saving bars of diffusers and transformers for the block's duration."""
+    diffusers_on = diffusers_logging.is_progress_bar_enabled()
+    transformers_on = transformers_logging.is_progress_bar_enabled()
+    diffusers_logging.disable_progress_bar()
+    transformers_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        if diffusers_on:
+            diffusers_logging.enable_progress_bar()
+        if transformers_on:
+            transformers_logging.enable_progress_bar()
+
+
+def _load_stages(
+    preset: Preset, models_dir: Path, dtype: torch.dtype
+) -> tuple[IFPipeline, IFSuperResolutionPipeline, StableDiffusionUpscalePipeline]:
+    # Stage II gets its text embeddings from stage I, so it loads no T5 of its own.
+    base = _load_stage(IFPipeline, preset, preset.stage(BASE_64), models_dir, dtype)
+    sr_256 = _load_stage(
+        IFSuperResolutionPipeline,
+        preset,
+        preset.stage(SR_256),
+        models_dir,
+        dtype,
+        text_encoder=None,
+        tokenizer=None,
+    )
+    # The x4 upscaler has no safety modules of its own; diffusers' IF recipe lends it stage I's.
+    safety_modules = {
+        name: getattr(base, name, None)
+        for name in ("safety_checker", "feature_extractor", "watermarker")
+        if getattr(base, name, None) is not None
+    }
+    sr_1024 = _load_stage(
+        StableDiffusionUpscalePipeline,
+        preset,
+        preset.stage(SR_1024),
+        models_dir,
+        dtype,
+        **safety_modules,
+    )
+    return base, sr_256, sr_1024
+
+
+_cache: dict[tuple[str, Path], Cascade] = {}
+_cache_lock = threading.Lock()
+
+
+def get_cascade(preset_name: str, models_dir: Path) -> Cascade:
+    """This process's cascade for `preset_name`: loaded on first use, then kept resident."""
+    key = (preset_name, models_dir.expanduser().resolve())
+    with _cache_lock:
+        cascade = _cache.get(key)
+        if cascade is None:
+            cascade = load_cascade(get_preset(preset_name), key[1])
+            _cache[key] = cascade
+        return cascade
+
+
+def _load_stage(
+    pipeline_class: type[_Pipeline],
+    preset: Preset,
+    spec: StageSpec,
+    models_dir: Path,
+    dtype: torch.dtype,
+    **components: Any,
+) -> _Pipeline:
+    location = _locate(preset, spec, models_dir)
+    options: dict[str, Any] = {"dtype": dtype, "local_files_only": True, **components}
+    if dtype == torch.float16 and spec.variant is not None:
+        options["variant"] = spec.variant
+    try:
+        pipeline = pipeline_class.from_pretrained(location, **options)
+    except OSError as exc:
+        # A hub id that is not cached fails fast here (local_files_only), never downloads.
+        raise ModelsNotFoundError(
+            f"cannot load stage {spec.name} of preset {preset.name!r} from {location!r}: {exc}"
+        ) from exc
+    if not isinstance(pipeline, pipeline_class):
+        raise TypeError(
+            f"{location!r} holds a {type(pipeline).__name__}, expected {pipeline_class.__name__}"
+        )
+    return pipeline
+
+
+def _locate(preset: Preset, spec: StageSpec, models_dir: Path) -> str:
+    folder = models_dir / spec.source
+    if (folder / "model_index.json").is_file():
+        return str(folder)
+    if preset.local:
+        hint = f"; run `{preset.build_command}`" if preset.build_command else ""
+        raise ModelsNotFoundError(
+            f"preset {preset.name!r} has no weights for stage {spec.name} in {folder}{hint}"
+        )
+    return spec.source

@@ -1,0 +1,364 @@
+"""Celery tasks: thin wrappers that re-read the job, check its state, run a stage, record the result.
+
+Every task takes ``(job_id, stage, seq)``: ids only, never tensors or rows. ``seq`` is the job's dispatch
+generation; a task of an older generation (a broker redelivery racing the sweeper) stops at once.
+"""
+
+import hashlib
+import logging
+import threading
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from functools import lru_cache
+from typing import Any
+
+from celery import Task
+from celery.exceptions import Ignore
+from celery.signals import worker_init, worker_process_init
+from redis.exceptions import RedisError
+from sqlalchemy import update
+from sqlalchemy.exc import OperationalError
+
+from core.config import get_settings
+from core.redis_client import cancel_key, get_redis
+from db import jobs as job_queries
+from db.models import JobStage, JobStatus, StageStatus
+from db.session import session_scope
+from storage.errors import StoreUnavailable
+from storage.factory import get_store
+from storage.keys import embeddings_key, image_key
+from storage.object_store import ObjectStore
+from workers.celery_app import app
+from workers.dispatch import ENCODE_TEXT
+
+log = logging.getLogger(__name__)
+
+# Errors that say "try again later", not "this job is broken".
+TRANSIENT_ERRORS: tuple[type[BaseException], ...] = (StoreUnavailable, OperationalError, RedisError,
+                                                     ConnectionError, TimeoutError)
+PROGRESS_INTERVAL_S = 0.25
+
+
+class StageCanceled(Exception):
+    """Raised inside a denoising callback when the job was asked to cancel."""
+
+
+@dataclass
+class StageRun:
+    """What a stage function needs about its job, read once when the stage is claimed."""
+
+    job_id: uuid.UUID
+    stage: str
+    stage_id: uuid.UUID
+    preset: str
+    input: dict[str, Any]
+    previous_stage: str | None
+    outputs: list[dict[str, Any]] = field(default_factory=list)
+    artifacts: list[dict[str, Any]] = field(default_factory=list)
+
+
+@lru_cache
+def _store() -> ObjectStore:
+    store = get_store(get_settings())
+    store.ensure_bucket()
+    return store
+
+
+# ---------------------------------------------------------------------------------------------------
+# The stage life cycle, shared by every stage task.
+
+
+def _peek_preset(job_id: uuid.UUID) -> str | None:
+    with session_scope() as session:
+        job = job_queries.get_job(session, job_id=job_id)
+        return job.preset if job is not None else None
+
+
+def _claim(job_id: uuid.UUID, stage_name: str, seq: int) -> StageRun | None:
+    """Mark the stage running; None when it already succeeded (a redelivery). Ignore stops the chain."""
+    max_attempts = get_settings().max_attempts
+    with session_scope() as session:
+        job = job_queries.get_job(session, job_id=job_id, for_update=True)
+        if job is None:
+            log.warning("job %s is gone; dropping %s", job_id, stage_name)
+            raise Ignore()
+        if job.dispatch_seq != seq:
+            log.info("job %s: %s of generation %d superseded by %d", job_id, stage_name, seq, job.dispatch_seq)
+            raise Ignore()
+        if JobStatus(job.status).is_terminal:
+            raise Ignore()
+        if job.cancel_requested:
+            job_queries.finish_job(job, JobStatus.CANCELED)
+            raise Ignore()
+        stage = job.stage(stage_name)
+        if stage.status == StageStatus.SUCCEEDED:
+            return None
+        if stage.attempts >= max_attempts:
+            reason = stage.error or "its worker stopped before it finished"
+            job_queries.finish_job(
+                job, JobStatus.FAILED,
+                error=f"stage {stage_name} did not complete after {stage.attempts} attempts: {reason}",
+            )
+            raise Ignore()
+        job_queries.mark_stage_running(job, stage)
+        previous = job.stages[stage.position - 1].name if stage.position > 0 else None
+        return StageRun(job_id=job.id, stage=stage_name, stage_id=stage.id, preset=job.preset,
+                        input=dict(job.input), previous_stage=previous)
+
+
+def _complete(run: StageRun, seq: int) -> None:
+    """Record the stage's artifacts and success; Ignore stops the chain if the job was canceled meanwhile."""
+    with session_scope() as session:
+        job = job_queries.get_job(session, job_id=run.job_id, for_update=True)
+        if job is None:
+            raise Ignore()
+        for artifact in run.artifacts:
+            job_queries.record_artifact(session, job_id=run.job_id, stage=run.stage, **artifact)
+        stage = job.stage(run.stage)
+        if stage.status != StageStatus.SUCCEEDED:
+            job_queries.mark_stage_done(stage, outputs=run.outputs)
+        if stage.position + 1 < len(job.stages):
+            job.stages[stage.position + 1].queued_at = job_queries.now()
+        if job.cancel_requested and not JobStatus(job.status).is_terminal:
+            job_queries.finish_job(job, JobStatus.CANCELED)
+        if job.dispatch_seq != seq or JobStatus(job.status).is_terminal:
+            raise Ignore()
+
+
+def _fail(job_id: uuid.UUID, stage_name: str, error: str, *, retryable: bool) -> None:
+    """Record a stage error: back to pending when it will be retried, else the job fails."""
+    with session_scope() as session:
+        job = job_queries.get_job(session, job_id=job_id, for_update=True)
+        if job is None or JobStatus(job.status).is_terminal:
+            return
+        stage = job.stage(stage_name)
+        if retryable and stage.attempts < get_settings().max_attempts:
+            job_queries.mark_stage_pending(stage, error=error)
+            return
+        stage.error = error
+        job_queries.finish_job(job, JobStatus.FAILED, error=f"stage {stage_name} failed: {error}")
+
+
+def _cancel(job_id: uuid.UUID) -> None:
+    with session_scope() as session:
+        job = job_queries.get_job(session, job_id=job_id, for_update=True)
+        if job is not None and not JobStatus(job.status).is_terminal:
+            job_queries.finish_job(job, JobStatus.CANCELED)
+
+
+@contextmanager
+def _heartbeat(stage_id: uuid.UUID) -> Iterator[None]:
+    """Refresh the stage's heartbeat while it runs; the sweeper re-enqueues stages whose beat stops."""
+    interval = max(get_settings().requeue_after_s / 4, 0.5)
+    stop = threading.Event()
+
+    def beat() -> None:
+        while not stop.wait(interval):
+            try:
+                with session_scope() as session:
+                    session.execute(update(JobStage).where(JobStage.id == stage_id)
+                                    .values(heartbeat_at=job_queries.now()))
+            except OperationalError as exc:
+                log.warning("heartbeat of stage %s failed: %s", stage_id, exc)
+
+    thread = threading.Thread(target=beat, name=f"heartbeat-{stage_id}", daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        thread.join()
+
+
+def progress_reporter(run: StageRun) -> Callable[[float], None]:
+    """A denoising callback: records progress (throttled) and raises StageCanceled on a cancel request."""
+    redis_client = get_redis()
+    last_write = 0.0
+
+    def report(fraction: float) -> None:
+        nonlocal last_write
+        try:
+            cancel_hint = bool(redis_client.exists(cancel_key(run.job_id)))
+        except RedisError:
+            cancel_hint = False  # the row below is the source of truth; Redis only makes the check cheap
+        now = time.monotonic()
+        if not cancel_hint and fraction < 1.0 and now - last_write < PROGRESS_INTERVAL_S:
+            return
+        last_write = now
+        with session_scope() as session:
+            if job_queries.record_progress(session, stage_id=run.stage_id, progress=fraction):
+                raise StageCanceled()
+
+    return report
+
+
+def run_stage(task: Task, job_id: str, stage_name: str, seq: int,
+              work: Callable[[StageRun], None]) -> None:
+    """Claim, run, record: the life cycle every stage task shares."""
+    jid = uuid.UUID(job_id)
+    preset = _peek_preset(jid)
+    if preset is None:
+        raise Ignore()
+    # Load the models before claiming, so a long first load is not mistaken for a dead worker.
+    from workers.pipelines import get_cascade
+
+    get_cascade(preset, get_settings().resolved_models_dir)
+    try:
+        run = _claim(jid, stage_name, seq)
+    except TRANSIENT_ERRORS as exc:
+        raise task.retry(exc=exc, countdown=_backoff(task)) from exc
+    if run is None:
+        log.info("job %s: %s already done; continuing", job_id, stage_name)
+        return
+    started = time.monotonic()
+    try:
+        with _heartbeat(run.stage_id):
+            work(run)
+    except StageCanceled:
+        log.info("job %s canceled during %s", job_id, stage_name)
+        _cancel(jid)
+        raise Ignore() from None
+    except TRANSIENT_ERRORS as exc:
+        log.warning("job %s: %s hit a transient error: %s", job_id, stage_name, exc)
+        _fail(jid, stage_name, f"{type(exc).__name__}: {exc}", retryable=True)
+        raise task.retry(exc=exc, countdown=_backoff(task)) from exc
+    except Exception as exc:
+        _fail(jid, stage_name, f"{type(exc).__name__}: {exc}", retryable=False)
+        raise
+    _complete(run, seq)
+    log.info("job %s: %s done in %.2f s", job_id, stage_name, time.monotonic() - started)
+
+
+def _backoff(task: Task) -> float:
+    return float(min(2 ** task.request.retries, 30))
+
+
+# ---------------------------------------------------------------------------------------------------
+# The stages.
+
+
+def _store_png(run: StageRun, index: int, png: bytes, *, width: int, height: int, seed: int) -> None:
+    key = image_key(run.job_id, run.stage, index)
+    _store().put(key, png, "image/png")
+    digest = hashlib.sha256(png).hexdigest()
+    run.artifacts.append(dict(index=index, key=key, content_type="image/png", size_bytes=len(png),
+                              sha256=digest, width=width, height=height, seed=seed))
+    run.outputs.append({"index": index, "key": key, "width": width, "height": height, "seed": seed})
+
+
+def _encode_text(run: StageRun) -> None:
+    from workers import cascade
+    from workers.pipelines import get_cascade
+
+    pipes = get_cascade(run.preset, get_settings().resolved_models_dir)
+    report = progress_reporter(run)
+    embeds = cascade.encode_prompt(pipes, run.input["prompt"], run.input.get("negative_prompt"))
+    data = cascade.embeds_to_bytes(embeds)
+    key = embeddings_key(run.job_id)
+    _store().put(key, data, "application/octet-stream")
+    run.artifacts.append(dict(index=0, key=key, content_type="application/octet-stream",
+                              size_bytes=len(data), sha256=hashlib.sha256(data).hexdigest()))
+    run.outputs.append({"index": 0, "key": key})
+    report(1.0)
+
+
+def _base(run: StageRun) -> None:
+    from workers import cascade
+    from workers.pipelines import get_cascade
+
+    pipes = get_cascade(run.preset, get_settings().resolved_models_dir)
+    store = _store()
+    embeds = cascade.embeds_from_bytes(store.get(embeddings_key(run.job_id)))
+    params = run.input["stages"][run.stage]
+    seed = int(run.input["seed"])
+    images = cascade.run_base(
+        pipes, embeds, num_images=int(run.input["num_images"]), seed=seed, steps=int(params["steps"]),
+        guidance_scale=float(params["guidance_scale"]), on_progress=progress_reporter(run),
+    )
+    for index, image in enumerate(images):
+        _store_png(run, index, cascade.image_to_png(image), width=image.width, height=image.height,
+                   seed=seed + index)
+
+
+def _super_resolve(run: StageRun) -> None:
+    from workers import cascade
+    from workers.pipelines import get_cascade
+
+    if run.previous_stage is None or run.previous_stage == ENCODE_TEXT:
+        raise ValueError(f"stage {run.stage} needs an image stage before it, got {run.previous_stage!r}")
+    pipes = get_cascade(run.preset, get_settings().resolved_models_dir)
+    store = _store()
+    embeds = cascade.embeds_from_bytes(store.get(embeddings_key(run.job_id)))
+    num_images = int(run.input["num_images"])
+    low_res = [cascade.png_to_image(store.get(image_key(run.job_id, run.previous_stage, i)))
+               for i in range(num_images)]
+    params = run.input["stages"][run.stage]
+    seed = int(run.input["seed"])
+    images = cascade.run_sr(
+        pipes, run.stage, low_res, embeds, run.input["prompt"], run.input.get("negative_prompt"),
+        seed=seed, steps=int(params["steps"]), guidance_scale=float(params["guidance_scale"]),
+        noise_level=int(params["noise_level"]), on_progress=progress_reporter(run),
+    )
+    for index, image in enumerate(images):
+        _store_png(run, index, cascade.image_to_png(image), width=image.width, height=image.height,
+                   seed=seed + index)
+
+
+# Stages are retried by hand (self.retry) on transient errors only; a redelivered message after a
+# worker loss is counted by the attempts column, not by Celery.
+_TASK_OPTIONS: dict[str, Any] = {"bind": True, "max_retries": None, "acks_late": True}
+
+
+@app.task(name="imagen.encode_text", **_TASK_OPTIONS)
+def encode_text(self: Task, job_id: str, stage: str, seq: int) -> None:
+    """Encode the prompt once with the frozen text encoder; later stages reuse the embeddings."""
+    run_stage(self, job_id, stage, seq, _encode_text)
+
+
+@app.task(name="imagen.base", **_TASK_OPTIONS)
+def base(self: Task, job_id: str, stage: str, seq: int) -> None:
+    """Stage I: text-conditional diffusion at 64 px."""
+    run_stage(self, job_id, stage, seq, _base)
+
+
+@app.task(name="imagen.sr", **_TASK_OPTIONS)
+def super_resolution(self: Task, job_id: str, stage: str, seq: int) -> None:
+    """A super-resolution stage (256 or 1024 px) conditioned on the previous image and the text."""
+    run_stage(self, job_id, stage, seq, _super_resolve)
+
+
+@app.task(name="imagen.finalize", bind=True, acks_late=True)
+def finalize(self: Task, job_id: str, stage: str, seq: int) -> None:
+    """Mark the job succeeded once every stage has."""
+    with session_scope() as session:
+        job = job_queries.get_job(session, job_id=uuid.UUID(job_id), for_update=True)
+        if job is None or job.dispatch_seq != seq or JobStatus(job.status).is_terminal:
+            return
+        if job.cancel_requested:
+            job_queries.finish_job(job, JobStatus.CANCELED)
+        elif all(s.status == StageStatus.SUCCEEDED for s in job.stages):
+            job_queries.finish_job(job, JobStatus.SUCCEEDED)
+        else:
+            log.warning("job %s: finalize reached with unfinished stages", job_id)
+
+
+@app.task(name="imagen.sweep", acks_late=True)
+def sweep() -> None:
+    """Re-enqueue jobs the broker lost (see workers.sweeper)."""
+    from workers.sweeper import sweep_lost_jobs
+
+    sweep_lost_jobs()
+
+
+@worker_init.connect
+@worker_process_init.connect
+def _configure_torch(**_: Any) -> None:
+    """Pin torch's thread count when configured: a fixed count keeps seeded outputs bit-identical."""
+    threads = get_settings().torch_threads
+    if threads:
+        import torch
+
+        torch.set_num_threads(threads)

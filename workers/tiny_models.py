@@ -1,0 +1,351 @@
+"""The `tiny` preset: random-weight stand-ins for the production cascade, built on this machine.
+
+Each stage uses the same pipeline and model classes as `deepfloyd-if`, shrunk to about a million
+parameters, so the whole cascade runs in seconds on a CPU and exercises the same code paths. The
+build is deterministic: a fixed seed and fixed vocabularies give the same weight files every time.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+from diffusers import (
+    AutoencoderKL,
+    DDIMScheduler,
+    DDPMScheduler,
+    IFPipeline,
+    IFSuperResolutionPipeline,
+    StableDiffusionUpscalePipeline,
+    UNet2DConditionModel,
+)
+from tokenizers import pre_tokenizers
+from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer, T5Config, T5EncoderModel, T5Tokenizer
+
+from workers.pipelines import quiet_progress_bars
+
+logger = logging.getLogger(__name__)
+
+# Bump whenever a config below changes, so folders built by an older version are rebuilt.
+TINY_VERSION = "tiny-cascade-1"
+TINY_DIR = "tiny"
+BUILD_MARKER = "BUILD_OK"
+STAGE_DIRS: tuple[str, ...] = ("stage_1", "stage_2", "stage_3")
+
+_SEED = 20240613
+_TEXT_DIM = 32
+# IF's text encoder was trained on 77-token prompts; the pipeline pads to that length.
+_MAX_TOKENS = 77
+# GroupNorm needs the group count to divide every block's width; the thinnest blocks have 8 channels.
+_NORM_GROUPS = 8
+
+# A fixed vocabulary, because a tokenizer trained at build time gets different ids on every run.
+_WORDS = """
+a an the and or but of in on at to for with from by over under above below near into onto through
+is are was were be been being has have had do does did will would can could should may might must
+i you he she it we they me him her us them my your his its our their this that these those
+one two three four five six seven eight nine ten many few some all every each other another
+red orange yellow green blue purple pink brown black white gray grey gold silver dark light bright
+big small large tiny huge little tall short long wide narrow old new young ancient modern
+happy sad angry calm quiet loud soft hard warm cold hot wet dry clean dirty beautiful ugly cute
+fast slow high low deep shallow heavy round square flat sharp smooth rough shiny glowing
+cat cats dog dogs corgi puppy kitten bird birds fish horse cow pig sheep goat chicken duck owl
+fox wolf bear lion tiger elephant monkey rabbit mouse frog snake turtle dragon unicorn butterfly
+man woman boy girl child baby person people king queen prince princess knight wizard robot
+astronaut pirate chef doctor teacher artist farmer soldier monster ghost alien angel
+tree trees flower flowers grass leaf leaves forest garden park field farm mountain mountains
+hill river lake sea ocean beach island desert sky cloud clouds sun moon star stars planet space
+rain snow storm wind fire water ice stone rock sand earth night day morning evening sunset sunrise
+city town village street road bridge house home castle tower church temple room kitchen window
+door wall roof floor table chair bed book lamp clock car bus train boat ship plane bike rocket
+apple banana cake bread pizza coffee tea cup bowl plate bottle glass box bag hat crown
+shirt dress shoe shoes coat glasses mask sword shield flag ball toy guitar piano camera phone
+painting photo picture portrait drawing sketch illustration render poster cartoon anime style
+oil watercolor pencil digital art realistic photorealistic detailed highly quality studio
+cinematic lighting background foreground close up view wearing holding sitting standing
+running flying swimming walking jumping sleeping eating reading playing riding looking smiling
+made wooden metal paper plastic golden crystal neon vintage retro futuristic fantasy
+magic magical dream dreamy epic dramatic colorful vibrant pastel misty foggy sunny snowy rainy
+top bottom left right front back side center middle inside outside between behind next
+very more most less not no yes like as so then than just only also too again
+love life world time year way thing place part word work hand head face eye eyes hair
+mouth nose ear heart body arm leg foot food music game story shadow
+""".split()
+# Every printable ASCII character is a piece too, so no prompt maps to unknown tokens.
+_CHARS = [chr(code) for code in range(33, 127)]
+
+
+def build_tiny(models_dir: Path, *, force: bool = False) -> Path:
+    """Build the tiny cascade under `models_dir`/tiny unless a complete build is there; return its path."""
+    target = models_dir / TINY_DIR
+    if not force and is_built(models_dir):
+        logger.info("tiny models already built in %s", target)
+        return target
+
+    started = time.perf_counter()
+    models_dir.mkdir(parents=True, exist_ok=True)
+    # Built beside the target and renamed into place, so a crash never leaves a half-built folder
+    # that looks complete, and two concurrent builders do not write into the same files.
+    staging = Path(tempfile.mkdtemp(prefix=f".{TINY_DIR}-", dir=models_dir))
+    try:
+        _save_stages(staging)
+        (staging / BUILD_MARKER).write_text(TINY_VERSION + "\n")
+        if target.exists():
+            shutil.rmtree(target)
+        os.replace(staging, target)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    logger.info("built tiny models in %s in %.2f s", target, time.perf_counter() - started)
+    return target
+
+
+def is_built(models_dir: Path) -> bool:
+    """Whether `models_dir` holds a complete tiny build of the current version."""
+    marker = models_dir / TINY_DIR / BUILD_MARKER
+    return marker.is_file() and marker.read_text().strip() == TINY_VERSION
+
+
+def _save_stages(folder: Path) -> None:
+    builders = (_build_stage_1, _build_stage_2, _build_stage_3)
+    # The global RNG is the only source of the random weights: seed it, and give it back untouched.
+    with torch.random.fork_rng(devices=[]), quiet_progress_bars():
+        for stage_dir, build in zip(STAGE_DIRS, builders, strict=True):
+            torch.manual_seed(_SEED)
+            build().save_pretrained(folder / stage_dir, safe_serialization=True)
+
+
+def _build_stage_1() -> IFPipeline:
+    tokenizer = _t5_tokenizer()
+    text_encoder = T5EncoderModel(
+        T5Config(
+            vocab_size=len(tokenizer),
+            d_model=_TEXT_DIM,
+            d_kv=8,
+            d_ff=64,
+            num_layers=2,
+            num_heads=4,
+            # IF uses T5 v1.1, whose feed-forward is gated GELU.
+            feed_forward_proj="gated-gelu",
+            dropout_rate=0.0,
+            pad_token_id=tokenizer.pad_token_id,
+            eos_token_id=tokenizer.eos_token_id,
+        )
+    ).eval()
+    unet = UNet2DConditionModel(
+        sample_size=64,
+        in_channels=3,
+        # IF predicts the noise and a variance ("learned_range"), hence twice the input channels.
+        out_channels=6,
+        layers_per_block=1,
+        # Attention only at 16x16, where it is cheap; IF attends at its lower resolutions too.
+        block_out_channels=(16, 32, 64),
+        down_block_types=(
+            "ResnetDownsampleBlock2D",
+            "ResnetDownsampleBlock2D",
+            "SimpleCrossAttnDownBlock2D",
+        ),
+        mid_block_type="UNetMidBlock2DSimpleCrossAttn",
+        up_block_types=(
+            "SimpleCrossAttnUpBlock2D",
+            "ResnetUpsampleBlock2D",
+            "ResnetUpsampleBlock2D",
+        ),
+        cross_attention_dim=64,
+        encoder_hid_dim=_TEXT_DIM,
+        encoder_hid_dim_type="text_proj",
+        attention_head_dim=16,
+        addition_embed_type="text",
+        addition_embed_type_num_heads=2,
+        cross_attention_norm="group_norm",
+        resnet_time_scale_shift="scale_shift",
+        act_fn="gelu",
+        norm_num_groups=_NORM_GROUPS,
+    )
+    return IFPipeline(
+        tokenizer=tokenizer,
+        text_encoder=text_encoder,
+        unet=unet,
+        scheduler=_if_scheduler(),
+        safety_checker=None,
+        feature_extractor=None,
+        watermarker=None,
+        requires_safety_checker=False,
+    )
+
+
+def _build_stage_2() -> IFSuperResolutionPipeline:
+    unet = UNet2DConditionModel(
+        sample_size=256,
+        # The noisy image plus the upscaled low-resolution one it is conditioned on.
+        in_channels=6,
+        out_channels=6,
+        layers_per_block=1,
+        # Convolutions over 256x256 dominate the time, so the full-resolution level is the thinnest.
+        block_out_channels=(8, 16, 32, 64),
+        down_block_types=(
+            "ResnetDownsampleBlock2D",
+            "ResnetDownsampleBlock2D",
+            "ResnetDownsampleBlock2D",
+            "SimpleCrossAttnDownBlock2D",
+        ),
+        mid_block_type="UNetMidBlock2DSimpleCrossAttn",
+        up_block_types=(
+            "SimpleCrossAttnUpBlock2D",
+            "ResnetUpsampleBlock2D",
+            "ResnetUpsampleBlock2D",
+            "ResnetUpsampleBlock2D",
+        ),
+        cross_attention_dim=64,
+        encoder_hid_dim=_TEXT_DIM,
+        encoder_hid_dim_type="text_proj",
+        attention_head_dim=16,
+        addition_embed_type="text",
+        addition_embed_type_num_heads=2,
+        cross_attention_norm="group_norm",
+        resnet_time_scale_shift="scale_shift",
+        act_fn="gelu",
+        # Like IF-II: the augmentation noise level enters as a second timestep embedding.
+        class_embed_type="timestep",
+        mid_block_scale_factor=1.414,
+        time_embedding_act_fn="gelu",
+        norm_num_groups=_NORM_GROUPS,
+    )
+    image_noising_scheduler = DDPMScheduler(
+        num_train_timesteps=1000,
+        beta_schedule="squaredcos_cap_v2",
+        beta_start=0.0001,
+        beta_end=0.02,
+    )
+    return IFSuperResolutionPipeline(
+        tokenizer=None,
+        text_encoder=None,
+        unet=unet,
+        scheduler=_if_scheduler(),
+        image_noising_scheduler=image_noising_scheduler,
+        safety_checker=None,
+        feature_extractor=None,
+        watermarker=None,
+        requires_safety_checker=False,
+    )
+
+
+def _build_stage_3() -> StableDiffusionUpscalePipeline:
+    tokenizer = _clip_tokenizer()
+    text_encoder = CLIPTextModel(
+        CLIPTextConfig(
+            vocab_size=len(tokenizer),
+            hidden_size=_TEXT_DIM,
+            intermediate_size=64,
+            projection_dim=_TEXT_DIM,
+            num_hidden_layers=2,
+            num_attention_heads=4,
+            max_position_embeddings=_MAX_TOKENS,
+            pad_token_id=tokenizer.pad_token_id,
+            bos_token_id=tokenizer.bos_token_id,
+            eos_token_id=tokenizer.eos_token_id,
+        )
+    ).eval()
+    unet = UNet2DConditionModel(
+        sample_size=256,
+        # Four latent channels plus the three of the low-resolution image.
+        in_channels=7,
+        out_channels=4,
+        layers_per_block=1,
+        block_out_channels=(8, 16, 32, 64),
+        down_block_types=("DownBlock2D", "DownBlock2D", "DownBlock2D", "CrossAttnDownBlock2D"),
+        up_block_types=("CrossAttnUpBlock2D", "UpBlock2D", "UpBlock2D", "UpBlock2D"),
+        cross_attention_dim=_TEXT_DIM,
+        attention_head_dim=8,
+        use_linear_projection=True,
+        # Text-only attention, as in the x4 upscaler's attention blocks: cheap at any resolution.
+        only_cross_attention=True,
+        # The x4 upscaler embeds its noise level as a class label in [0, max_noise_level].
+        num_class_embeds=1000,
+        norm_num_groups=_NORM_GROUPS,
+    )
+    vae = AutoencoderKL(
+        in_channels=3,
+        out_channels=3,
+        # Three blocks: two downsamplings, the x4 upscaler's factor of four between latents and pixels.
+        down_block_types=("DownEncoderBlock2D",) * 3,
+        up_block_types=("UpDecoderBlock2D",) * 3,
+        # Decoding to 1024x1024 is most of this stage's time: eight channels at full resolution.
+        block_out_channels=(8, 16, 32),
+        layers_per_block=1,
+        latent_channels=4,
+        norm_num_groups=_NORM_GROUPS,
+        scaling_factor=0.08333,
+        # Attention over a 256x256 latent is the bulk of the real model's memory; tiny leaves it out.
+        mid_block_add_attention=False,
+    )
+    low_res_scheduler = DDPMScheduler(num_train_timesteps=1000, beta_schedule="scaled_linear")
+    scheduler = DDIMScheduler(
+        num_train_timesteps=1000,
+        beta_schedule="scaled_linear",
+        beta_start=0.00085,
+        beta_end=0.012,
+        clip_sample=False,
+        set_alpha_to_one=False,
+        prediction_type="v_prediction",
+    )
+    return StableDiffusionUpscalePipeline(
+        vae=vae,
+        text_encoder=text_encoder,
+        tokenizer=tokenizer,
+        unet=unet,
+        low_res_scheduler=low_res_scheduler,
+        scheduler=scheduler,
+        max_noise_level=350,
+    )
+
+
+def _if_scheduler() -> DDPMScheduler:
+    # IF's own scheduler settings: cosine betas, dynamic thresholding, learned variance.
+    return DDPMScheduler(
+        num_train_timesteps=1000,
+        beta_schedule="squaredcos_cap_v2",
+        beta_start=0.0001,
+        beta_end=0.02,
+        thresholding=True,
+        dynamic_thresholding_ratio=0.95,
+        sample_max_value=1.5,
+        prediction_type="epsilon",
+        variance_type="learned_range",
+    )
+
+
+def _unique_words() -> list[str]:
+    return list(dict.fromkeys(_WORDS))
+
+
+def _t5_tokenizer() -> T5Tokenizer:
+    # Unigram scores: whole words beat the characters they are made of, longer words first.
+    pieces: list[tuple[str, float]] = [("<pad>", 0.0), ("</s>", 0.0), ("<unk>", 0.0), ("\u2581", -2.0)]
+    pieces += [(f"\u2581{word}", -float(len(word)) / 10.0 - 1.0) for word in _unique_words()]
+    pieces += [(char, -10.0) for char in _CHARS]
+    return T5Tokenizer(vocab=pieces, extra_ids=0, model_max_length=_MAX_TOKENS)
+
+
+def _clip_tokenizer() -> CLIPTokenizer:
+    # Byte-level BPE as in CLIP: single bytes, their end-of-word forms, then merges spelling each word
+    # left to right, so every word of the list becomes one token.
+    alphabet = sorted(pre_tokenizers.ByteLevel.alphabet())
+    tokens = [*alphabet, *(f"{char}</w>" for char in alphabet)]
+    merges: list[tuple[str, str]] = []
+    for word in _unique_words():
+        symbols = [*word[:-1], f"{word[-1]}</w>"]
+        merged = symbols[0]
+        for symbol in symbols[1:]:
+            merges.append((merged, symbol))
+            merged += symbol
+            tokens.append(merged)
+    merges = list(dict.fromkeys(merges))
+    tokens = [*dict.fromkeys(tokens), "<|startoftext|>", "<|endoftext|>"]
+    vocab = {token: index for index, token in enumerate(tokens)}
+    return CLIPTokenizer(vocab=vocab, merges=merges, model_max_length=_MAX_TOKENS)
