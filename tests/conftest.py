@@ -81,13 +81,16 @@ class Client:
             worker = self.system.worker.log_tail() if self.system.worker else ""
             raise AssertionError(f"job {job_id}: {self.job(job_id)}\n--- worker log ---\n{worker}") from None
 
-    def wait_stage(self, job_id: str, stage: str, min_progress: float = 0.0, timeout_s: float = 60) -> dict[str, Any]:
-        """Wait until ``stage`` is running with at least ``min_progress``."""
+    def wait_stage(self, job_id: str, stage: str, min_progress: float = 0.0, timeout_s: float = 60,
+                   attempt: int | None = None) -> dict[str, Any]:
+        """Wait until ``stage`` is running (its ``attempt``-th time) with at least ``min_progress``."""
         def running() -> dict[str, Any] | None:
             job = self.job(job_id)
             row = next(s for s in job["stages"] if s["name"] == stage)
             if job["status"] in TERMINAL:
                 raise AssertionError(f"job ended before {stage} ran: {job}")
+            if attempt is not None and row["attempts"] != attempt:
+                return None
             return job if row["status"] == "running" and row["progress"] >= min_progress else None
 
         return wait_until(running, timeout_s, f"{stage} of job {job_id} to run", 0.05)  # type: ignore[no-any-return]

@@ -1,8 +1,8 @@
 """The cascade's stages as plain functions: prompt in, images out; no Celery, database or storage.
 
-Each image `i` of a request is drawn from its own generator seeded with `seed + i`, on the CPU, and
-each image runs through a stage on its own, so image `i` comes out the same whatever the number of
-images requested, and the same on any device for the same weights, dtype and thread count.
+Image `i` of a request runs through each stage on its own, from a CPU generator seeded with
+`seed + i`: it depends on that seed only, not on how many images were requested, and its bytes are
+the same in any process with the same weights, device, dtype and thread count.
 """
 
 from __future__ import annotations
@@ -103,7 +103,7 @@ def run_base(
     _check_seed(seed, num_images)
     _check_int("steps", steps, 1, MAX_STEPS)
     _check_guidance(guidance_scale)
-    _check_embeds(embeds, pipeline.unet.config.encoder_hid_dim)
+    _check_embeds(embeds, pipeline.unet.config["encoder_hid_dim"])
 
     # 2. Put the embeddings where the model is
     prompt_embeds, negative_embeds = _embeds_on(cascade, embeds)
@@ -148,7 +148,7 @@ def run_sr_256(
 
     # 1. Check inputs
     _check_sr_inputs(cascade, spec, images, seed, steps, guidance_scale, noise_level)
-    _check_embeds(embeds, pipeline.unet.config.encoder_hid_dim)
+    _check_embeds(embeds, pipeline.unet.config["encoder_hid_dim"])
 
     # 2. Put the embeddings where the model is
     prompt_embeds, negative_embeds = _embeds_on(cascade, embeds)
@@ -213,8 +213,9 @@ def run_sr_1024(
                 output_type="pil",
                 callback=_step_callback(on_progress, index, len(images), steps),
                 callback_steps=1,
+                return_dict=False,
             )
-            upscaled.append(output.images[0])
+            upscaled.append(output[0][0])
     return upscaled
 
 
@@ -235,13 +236,26 @@ def run_sr(
     """Run the super-resolution stage called `stage_name`, giving it the conditioning it takes."""
     if stage_name == SR_256:
         return run_sr_256(
-            cascade, images, embeds, seed=seed, steps=steps, guidance_scale=guidance_scale,
-            noise_level=noise_level, on_progress=on_progress,
+            cascade,
+            images,
+            embeds,
+            seed=seed,
+            steps=steps,
+            guidance_scale=guidance_scale,
+            noise_level=noise_level,
+            on_progress=on_progress,
         )
     if stage_name == SR_1024:
         return run_sr_1024(
-            cascade, images, prompt, negative_prompt, seed=seed, steps=steps,
-            guidance_scale=guidance_scale, noise_level=noise_level, on_progress=on_progress,
+            cascade,
+            images,
+            prompt,
+            negative_prompt,
+            seed=seed,
+            steps=steps,
+            guidance_scale=guidance_scale,
+            noise_level=noise_level,
+            on_progress=on_progress,
         )
     raise ValueError(f"stage_name must be {SR_256!r} or {SR_1024!r}, got {stage_name!r}")
 
@@ -275,14 +289,25 @@ def run_direct(
         stage_params = chosen[spec.name]
         if spec.name == BASE_64:
             images = run_base(
-                cascade, embeds, num_images=num_images, seed=seed, steps=stage_params.steps,
+                cascade,
+                embeds,
+                num_images=num_images,
+                seed=seed,
+                steps=stage_params.steps,
                 guidance_scale=stage_params.guidance_scale,
             )
         else:
             assert stage_params.noise_level is not None  # filled in by _resolve_params
             images = run_sr(
-                cascade, spec.name, images, embeds, prompt, negative_prompt, seed=seed,
-                steps=stage_params.steps, guidance_scale=stage_params.guidance_scale,
+                cascade,
+                spec.name,
+                images,
+                embeds,
+                prompt,
+                negative_prompt,
+                seed=seed,
+                steps=stage_params.steps,
+                guidance_scale=stage_params.guidance_scale,
                 noise_level=stage_params.noise_level,
             )
         images = [png_to_image(image_to_png(image)) for image in images]
@@ -334,9 +359,7 @@ def _check_guidance(guidance_scale: object) -> None:
         or not math.isfinite(guidance_scale)
         or not 0.0 <= guidance_scale <= MAX_GUIDANCE
     ):
-        raise ValueError(
-            f"guidance_scale must be a number in [0, {MAX_GUIDANCE}], got {guidance_scale!r}"
-        )
+        raise ValueError(f"guidance_scale must be a number in [0, {MAX_GUIDANCE}], got {guidance_scale!r}")
 
 
 def _check_embeds(embeds: PromptEmbeds, width: int) -> None:
@@ -360,8 +383,10 @@ def _check_sr_inputs(
 ) -> None:
     stages = cascade.preset.stages
     source_resolution = stages[stages.index(spec) - 1].resolution
-    if not isinstance(images, Sequence) or not 1 <= len(images) <= MAX_IMAGES:
-        raise ValueError(f"images must be a list of 1 to {MAX_IMAGES} images, got {images!r}")
+    if not isinstance(images, Sequence):
+        raise ValueError(f"images must be a list of images, got {type(images).__name__}")
+    if not 1 <= len(images) <= MAX_IMAGES:
+        raise ValueError(f"images must hold 1 to {MAX_IMAGES} images, got {len(images)}")
     for index, image in enumerate(images):
         if not isinstance(image, PIL.Image.Image):
             raise ValueError(f"images[{index}] must be a PIL image, got {type(image).__name__}")

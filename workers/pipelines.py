@@ -11,13 +11,14 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import torch
-from diffusers import (
-    DiffusionPipeline,
-    IFPipeline,
-    IFSuperResolutionPipeline,
+
+# From their modules, not `diffusers`: its lazy top level shows type checkers placeholder classes.
+from diffusers.pipelines.deepfloyd_if.pipeline_if import IFPipeline
+from diffusers.pipelines.deepfloyd_if.pipeline_if_superresolution import IFSuperResolutionPipeline
+from diffusers.pipelines.pipeline_utils import DiffusionPipeline
+from diffusers.pipelines.stable_diffusion.pipeline_stable_diffusion_upscale import (
     StableDiffusionUpscalePipeline,
 )
-
 from diffusers.utils import logging as diffusers_logging
 from transformers.utils import logging as transformers_logging
 
@@ -81,9 +82,7 @@ def load_cascade(preset: Preset, models_dir: Path) -> Cascade:
 
     load_seconds = time.perf_counter() - started
     logger.info("loaded preset %s on %s (%s) in %.2f s", preset.name, device, dtype, load_seconds)
-    return Cascade(
-        preset, base, sr_256, sr_1024, device=device, dtype=dtype, load_seconds=load_seconds
-    )
+    return Cascade(preset, base, sr_256, sr_1024, device=device, dtype=dtype, load_seconds=load_seconds)
 
 
 @contextmanager
@@ -168,9 +167,7 @@ def _load_stage(
             f"cannot load stage {spec.name} of preset {preset.name!r} from {location!r}: {exc}"
         ) from exc
     if not isinstance(pipeline, pipeline_class):
-        raise TypeError(
-            f"{location!r} holds a {type(pipeline).__name__}, expected {pipeline_class.__name__}"
-        )
+        raise TypeError(f"{location!r} holds a {type(pipeline).__name__}, expected {pipeline_class.__name__}")
     return pipeline
 
 
@@ -180,7 +177,5 @@ def _locate(preset: Preset, spec: StageSpec, models_dir: Path) -> str:
         return str(folder)
     if preset.local:
         hint = f"; run `{preset.build_command}`" if preset.build_command else ""
-        raise ModelsNotFoundError(
-            f"preset {preset.name!r} has no weights for stage {spec.name} in {folder}{hint}"
-        )
+        raise ModelsNotFoundError(f"preset {preset.name!r} has no weights for stage {spec.name} in {folder}{hint}")
     return spec.source

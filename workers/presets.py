@@ -78,12 +78,22 @@ TINY = Preset(
     stages=(
         StageSpec(BASE_64, 64, "tiny/stage_1", default_steps=8, default_guidance=7.0),
         StageSpec(
-            SR_256, 256, "tiny/stage_2", default_steps=5, default_guidance=4.0,
-            default_noise_level=250, max_noise_level=999,
+            SR_256,
+            256,
+            "tiny/stage_2",
+            default_steps=5,
+            default_guidance=4.0,
+            default_noise_level=250,
+            max_noise_level=999,
         ),
         StageSpec(
-            SR_1024, 1024, "tiny/stage_3", default_steps=5, default_guidance=9.0,
-            default_noise_level=100, max_noise_level=350,
+            SR_1024,
+            1024,
+            "tiny/stage_3",
+            default_steps=5,
+            default_guidance=9.0,
+            default_noise_level=100,
+            max_noise_level=350,
         ),
     ),
     # Random weights overflow easily in half precision, and these are small enough for fp32 anywhere.
@@ -96,18 +106,34 @@ DEEPFLOYD_IF = Preset(
     name="deepfloyd-if",
     stages=(
         StageSpec(
-            BASE_64, 64, "DeepFloyd/IF-I-XL-v1.0", default_steps=50, default_guidance=7.0,
+            BASE_64,
+            64,
+            "DeepFloyd/IF-I-XL-v1.0",
+            default_steps=50,
+            default_guidance=7.0,
             variant="fp16",
         ),
         # IF-II draws its noise level from a 1000-step schedule: any timestep below 1000 is valid.
         StageSpec(
-            SR_256, 256, "DeepFloyd/IF-II-L-v1.0", default_steps=25, default_guidance=4.0,
-            default_noise_level=250, max_noise_level=999, variant="fp16",
+            SR_256,
+            256,
+            "DeepFloyd/IF-II-L-v1.0",
+            default_steps=25,
+            default_guidance=4.0,
+            default_noise_level=250,
+            max_noise_level=999,
+            variant="fp16",
         ),
-        # The x4 upscaler was trained with noise levels up to 350 only.
+        # The x4 upscaler was trained with noise levels up to 350 only. Its fp32 weights are cast to
+        # fp16 on load, as diffusers' IF recipe does, rather than relying on an fp16 variant.
         StageSpec(
-            SR_1024, 1024, "stabilityai/stable-diffusion-x4-upscaler", default_steps=25,
-            default_guidance=9.0, default_noise_level=100, max_noise_level=350, variant="fp16",
+            SR_1024,
+            1024,
+            "stabilityai/stable-diffusion-x4-upscaler",
+            default_steps=25,
+            default_guidance=9.0,
+            default_noise_level=100,
+            max_noise_level=350,
         ),
     ),
     fp16_on_cuda=True,

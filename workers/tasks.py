@@ -80,33 +80,43 @@ def _peek_preset(job_id: uuid.UUID) -> str | None:
 def _claim(job_id: uuid.UUID, stage_name: str, seq: int) -> StageRun | None:
     """Mark the stage running; None when it already succeeded (a redelivery). Ignore stops the chain."""
     max_attempts = get_settings().max_attempts
+    run: StageRun | None = None
+    stop = False
+    # Decisions are committed before Ignore is raised: raising inside session_scope would roll them back.
     with session_scope() as session:
         job = job_queries.get_job(session, job_id=job_id, for_update=True)
         if job is None:
             log.warning("job %s is gone; dropping %s", job_id, stage_name)
-            raise Ignore()
-        if job.dispatch_seq != seq:
-            log.info("job %s: %s of generation %d superseded by %d", job_id, stage_name, seq, job.dispatch_seq)
-            raise Ignore()
-        if JobStatus(job.status).is_terminal:
-            raise Ignore()
-        if job.cancel_requested:
+            stop = True
+        elif job.dispatch_seq != seq:
+            log.info("job %s: %s of generation %d superseded by %d", job_id, stage_name, seq,
+                     job.dispatch_seq)
+            stop = True
+        elif JobStatus(job.status).is_terminal:
+            stop = True
+        elif job.cancel_requested:
             job_queries.finish_job(job, JobStatus.CANCELED)
-            raise Ignore()
-        stage = job.stage(stage_name)
-        if stage.status == StageStatus.SUCCEEDED:
-            return None
-        if stage.attempts >= max_attempts:
-            reason = stage.error or "its worker stopped before it finished"
-            job_queries.finish_job(
-                job, JobStatus.FAILED,
-                error=f"stage {stage_name} did not complete after {stage.attempts} attempts: {reason}",
-            )
-            raise Ignore()
-        job_queries.mark_stage_running(job, stage)
-        previous = job.stages[stage.position - 1].name if stage.position > 0 else None
-        return StageRun(job_id=job.id, stage=stage_name, stage_id=stage.id, preset=job.preset,
-                        input=dict(job.input), previous_stage=previous)
+            stop = True
+        else:
+            stage = job.stage(stage_name)
+            if stage.status == StageStatus.SUCCEEDED:
+                return None
+            if stage.attempts >= max_attempts:
+                reason = stage.error or "its worker stopped before it finished"
+                stage.status = StageStatus.FAILED
+                job_queries.finish_job(
+                    job, JobStatus.FAILED,
+                    error=f"stage {stage_name} did not complete after {stage.attempts} attempts: {reason}",
+                )
+                stop = True
+            else:
+                job_queries.mark_stage_running(job, stage)
+                previous = job.stages[stage.position - 1].name if stage.position > 0 else None
+                run = StageRun(job_id=job.id, stage=stage_name, stage_id=stage.id, preset=job.preset,
+                               input=dict(job.input), previous_stage=previous)
+    if stop or run is None:
+        raise Ignore()
+    return run
 
 
 def _complete(run: StageRun, seq: int) -> None:
@@ -124,8 +134,9 @@ def _complete(run: StageRun, seq: int) -> None:
             job.stages[stage.position + 1].queued_at = job_queries.now()
         if job.cancel_requested and not JobStatus(job.status).is_terminal:
             job_queries.finish_job(job, JobStatus.CANCELED)
-        if job.dispatch_seq != seq or JobStatus(job.status).is_terminal:
-            raise Ignore()
+        go_on = job.dispatch_seq == seq and not JobStatus(job.status).is_terminal
+    if not go_on:
+        raise Ignore()
 
 
 def _fail(job_id: uuid.UUID, stage_name: str, error: str, *, retryable: bool) -> None:

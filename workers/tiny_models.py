@@ -12,18 +12,20 @@ import os
 import shutil
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
-from diffusers import (
-    AutoencoderKL,
-    DDIMScheduler,
-    DDPMScheduler,
-    IFPipeline,
-    IFSuperResolutionPipeline,
+from diffusers.models.autoencoders.autoencoder_kl import AutoencoderKL
+from diffusers.models.unets.unet_2d_condition import UNet2DConditionModel
+from diffusers.pipelines.deepfloyd_if.pipeline_if import IFPipeline
+from diffusers.pipelines.deepfloyd_if.pipeline_if_superresolution import IFSuperResolutionPipeline
+from diffusers.pipelines.pipeline_utils import DiffusionPipeline
+from diffusers.pipelines.stable_diffusion.pipeline_stable_diffusion_upscale import (
     StableDiffusionUpscalePipeline,
-    UNet2DConditionModel,
 )
+from diffusers.schedulers.scheduling_ddim import DDIMScheduler
+from diffusers.schedulers.scheduling_ddpm import DDPMScheduler
 from tokenizers import pre_tokenizers
 from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer, T5Config, T5EncoderModel, T5Tokenizer
 
@@ -45,7 +47,7 @@ _MAX_TOKENS = 77
 _NORM_GROUPS = 8
 
 # A fixed vocabulary, because a tokenizer trained at build time gets different ids on every run.
-_WORDS = """
+_WORD_LIST = """
 a an the and or but of in on at to for with from by over under above below near into onto through
 is are was were be been being has have had do does did will would can could should may might must
 i you he she it we they me him her us them my your his its our their this that these those
@@ -75,7 +77,7 @@ top bottom left right front back side center middle inside outside between behin
 very more most less not no yes like as so then than just only also too again
 love life world time year way thing place part word work hand head face eye eyes hair
 mouth nose ear heart body arm leg foot food music game story shadow
-""".split()
+"""
 # Every printable ASCII character is a piece too, so no prompt maps to unknown tokens.
 _CHARS = [chr(code) for code in range(33, 127)]
 
@@ -98,6 +100,12 @@ def build_tiny(models_dir: Path, *, force: bool = False) -> Path:
         if target.exists():
             shutil.rmtree(target)
         os.replace(staging, target)
+    except OSError:
+        shutil.rmtree(staging, ignore_errors=True)
+        # Another process finished the same build between our check and our rename: theirs will do.
+        if not force and is_built(models_dir):
+            return target
+        raise
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
@@ -112,7 +120,7 @@ def is_built(models_dir: Path) -> bool:
 
 
 def _save_stages(folder: Path) -> None:
-    builders = (_build_stage_1, _build_stage_2, _build_stage_3)
+    builders: tuple[Callable[[], DiffusionPipeline], ...] = (_build_stage_1, _build_stage_2, _build_stage_3)
     # The global RNG is the only source of the random weights: seed it, and give it back untouched.
     with torch.random.fork_rng(devices=[]), quiet_progress_bars():
         for stage_dir, build in zip(STAGE_DIRS, builders, strict=True):
@@ -171,7 +179,8 @@ def _build_stage_1() -> IFPipeline:
         tokenizer=tokenizer,
         text_encoder=text_encoder,
         unet=unet,
-        scheduler=_if_scheduler(),
+        # diffusers hints its placeholder class, not the scheduler it means.
+        scheduler=_if_scheduler(),  # type: ignore[arg-type]
         safety_checker=None,
         feature_extractor=None,
         watermarker=None,
@@ -223,10 +232,11 @@ def _build_stage_2() -> IFSuperResolutionPipeline:
         beta_end=0.02,
     )
     return IFSuperResolutionPipeline(
-        tokenizer=None,
-        text_encoder=None,
+        # Optional components that the hints call mandatory: stage II takes stage I's embeddings.
+        tokenizer=None,  # type: ignore[arg-type]
+        text_encoder=None,  # type: ignore[arg-type]
         unet=unet,
-        scheduler=_if_scheduler(),
+        scheduler=_if_scheduler(),  # type: ignore[arg-type]
         image_noising_scheduler=image_noising_scheduler,
         safety_checker=None,
         feature_extractor=None,
@@ -321,7 +331,7 @@ def _if_scheduler() -> DDPMScheduler:
 
 
 def _unique_words() -> list[str]:
-    return list(dict.fromkeys(_WORDS))
+    return list(dict.fromkeys(_WORD_LIST.split()))
 
 
 def _t5_tokenizer() -> T5Tokenizer:
@@ -333,8 +343,9 @@ def _t5_tokenizer() -> T5Tokenizer:
 
 
 def _clip_tokenizer() -> CLIPTokenizer:
-    # Byte-level BPE as in CLIP: single bytes, their end-of-word forms, then merges spelling each word
-    # left to right, so every word of the list becomes one token.
+    # Byte-level BPE as in CLIP: single bytes and their end-of-word forms cover any text; merges that
+    # spell out the word list left to right make common words a few tokens (merges of different words
+    # compete, so not always one).
     alphabet = sorted(pre_tokenizers.ByteLevel.alphabet())
     tokens = [*alphabet, *(f"{char}</w>" for char in alphabet)]
     merges: list[tuple[str, str]] = []
@@ -348,4 +359,5 @@ def _clip_tokenizer() -> CLIPTokenizer:
     merges = list(dict.fromkeys(merges))
     tokens = [*dict.fromkeys(tokens), "<|startoftext|>", "<|endoftext|>"]
     vocab = {token: index for index, token in enumerate(tokens)}
-    return CLIPTokenizer(vocab=vocab, merges=merges, model_max_length=_MAX_TOKENS)
+    # The hint says strings, but the tokenizers backend wants merges as pairs.
+    return CLIPTokenizer(vocab=vocab, merges=merges, model_max_length=_MAX_TOKENS)  # type: ignore[arg-type]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import itertools
 import json
 import os
 import re
@@ -57,9 +58,7 @@ def embeds(cascade: Cascade) -> PromptEmbeds:
 
 @pytest.fixture(scope="module")
 def full_run(cascade: Cascade) -> dict[str, list[PIL.Image.Image]]:
-    return stages.run_direct(
-        cascade, PROMPT, NEGATIVE, num_images=1, seed=SEED, resolution=1024, params=FEW_STEPS
-    )
+    return stages.run_direct(cascade, PROMPT, NEGATIVE, num_images=1, seed=SEED, resolution=1024, params=FEW_STEPS)
 
 
 def _digests(outputs: dict[str, list[PIL.Image.Image]]) -> dict[str, list[str]]:
@@ -77,9 +76,7 @@ def test_each_stage_produces_its_resolution(full_run: dict[str, list[PIL.Image.I
 def test_cascade_stops_at_the_requested_resolution(
     cascade: Cascade, full_run: dict[str, list[PIL.Image.Image]]
 ) -> None:
-    outputs = stages.run_direct(
-        cascade, PROMPT, NEGATIVE, num_images=1, seed=SEED, resolution=256, params=FEW_STEPS
-    )
+    outputs = stages.run_direct(cascade, PROMPT, NEGATIVE, num_images=1, seed=SEED, resolution=256, params=FEW_STEPS)
     assert list(outputs) == ["base_64", "sr_256"]
     # Same seed, same images: the first two stages of the full run, byte for byte.
     full = _digests(full_run)
@@ -104,9 +101,7 @@ outputs = stages.run_direct(cascade, {PROMPT!r}, {NEGATIVE!r}, num_images=1, see
 print(json.dumps({{name: [hashlib.sha256(stages.image_to_png(i)).hexdigest() for i in images]
                   for name, images in outputs.items()}}))
 """
-    params = {
-        name: [p.steps, p.guidance_scale, p.noise_level] for name, p in FEW_STEPS.items()
-    }
+    params = {name: [p.steps, p.guidance_scale, p.noise_level] for name, p in FEW_STEPS.items()}
     env = {**os.environ, "PYTHONPATH": str(REPO_ROOT), "HF_HUB_OFFLINE": "1"}
     result = subprocess.run(
         [sys.executable, "-c", script, str(models_dir), json.dumps(params)],
@@ -122,56 +117,68 @@ print(json.dumps({{name: [hashlib.sha256(stages.image_to_png(i)).hexdigest() for
 
 def test_another_seed_gives_another_image(cascade: Cascade, embeds: PromptEmbeds) -> None:
     first = stages.run_base(cascade, embeds, num_images=1, seed=SEED, steps=3, guidance_scale=7.0)
-    other = stages.run_base(
-        cascade, embeds, num_images=1, seed=SEED + 100, steps=3, guidance_scale=7.0
-    )
+    other = stages.run_base(cascade, embeds, num_images=1, seed=SEED + 100, steps=3, guidance_scale=7.0)
     assert stages.image_to_png(first[0]) != stages.image_to_png(other[0])
 
 
 def test_each_image_depends_only_on_its_own_seed(cascade: Cascade, embeds: PromptEmbeds) -> None:
     pair = stages.run_base(cascade, embeds, num_images=2, seed=SEED, steps=3, guidance_scale=7.0)
-    second = stages.run_base(
-        cascade, embeds, num_images=1, seed=SEED + 1, steps=3, guidance_scale=7.0
-    )
+    second = stages.run_base(cascade, embeds, num_images=1, seed=SEED + 1, steps=3, guidance_scale=7.0)
     pngs = [stages.image_to_png(image) for image in pair]
     assert pngs[0] != pngs[1]
     assert pngs[1] == stages.image_to_png(second[0])
 
 
 def _run_stage(
-    stage: str, cascade: Cascade, embeds: PromptEmbeds, on_progress: Callable[[float], None]
+    stage: str,
+    cascade: Cascade,
+    embeds: PromptEmbeds,
+    on_progress: Callable[[float], None],
+    *,
+    num_images: int = 2,
+    steps: int = 3,
 ) -> list[PIL.Image.Image]:
     if stage == "base_64":
         return stages.run_base(
-            cascade, embeds, num_images=2, seed=SEED, steps=3, guidance_scale=7.0,
+            cascade,
+            embeds,
+            num_images=num_images,
+            seed=SEED,
+            steps=steps,
+            guidance_scale=7.0,
             on_progress=on_progress,
         )
     source = 64 if stage == "sr_256" else 256
-    images = [PIL.Image.new("RGB", (source, source), (200, 120, 40))] * 2
+    images = [PIL.Image.new("RGB", (source, source), (200, 120, 40))] * num_images
     return stages.run_sr(
-        cascade, stage, images, embeds, PROMPT, NEGATIVE, seed=SEED, steps=3,
-        guidance_scale=4.0, noise_level=100, on_progress=on_progress,
+        cascade,
+        stage,
+        images,
+        embeds,
+        PROMPT,
+        NEGATIVE,
+        seed=SEED,
+        steps=steps,
+        guidance_scale=4.0,
+        noise_level=100,
+        on_progress=on_progress,
     )
 
 
 @pytest.mark.parametrize("stage", ["base_64", "sr_256", "sr_1024"])
-def test_progress_rises_after_every_step_to_one(
-    stage: str, cascade: Cascade, embeds: PromptEmbeds
-) -> None:
+def test_progress_rises_after_every_step_to_one(stage: str, cascade: Cascade, embeds: PromptEmbeds) -> None:
     fractions: list[float] = []
-    images = _run_stage(stage, cascade, embeds, fractions.append)
+    images = _run_stage(stage, cascade, embeds, fractions.append, num_images=2, steps=3)
     assert len(images) == 2
-    # Two images of three steps each.
+    # Two images of three steps each, counted as one stage.
     assert len(fractions) == 6
-    assert all(a < b for a, b in zip(fractions, fractions[1:], strict=False))
-    assert 0.0 < fractions[0]
+    assert all(a < b for a, b in itertools.pairwise(fractions))
+    assert fractions[0] > 0.0
     assert fractions[-1] == 1.0
 
 
 @pytest.mark.parametrize("stage", ["base_64", "sr_256", "sr_1024"])
-def test_raising_in_on_progress_stops_the_stage(
-    stage: str, cascade: Cascade, embeds: PromptEmbeds
-) -> None:
+def test_raising_in_on_progress_stops_the_stage(stage: str, cascade: Cascade, embeds: PromptEmbeds) -> None:
     calls: list[float] = []
 
     def cancel_on_second_step(fraction: float) -> None:
@@ -180,10 +187,19 @@ def test_raising_in_on_progress_stops_the_stage(
             raise Stop
 
     with pytest.raises(Stop):
-        _run_stage(stage, cascade, embeds, cancel_on_second_step)
+        _run_stage(stage, cascade, embeds, cancel_on_second_step, steps=10)
     assert len(calls) == 2
-    # The cascade is still usable after a cancellation.
-    assert len(_run_stage(stage, cascade, embeds, lambda fraction: None)) == 2
+
+
+def test_a_stage_runs_again_after_a_cancellation(cascade: Cascade, embeds: PromptEmbeds) -> None:
+    def cancel(fraction: float) -> None:
+        raise Stop
+
+    with pytest.raises(Stop):
+        stages.run_base(cascade, embeds, num_images=1, seed=SEED, steps=3, guidance_scale=7.0, on_progress=cancel)
+    again = stages.run_base(cascade, embeds, num_images=1, seed=SEED, steps=3, guidance_scale=7.0)
+    fresh = stages.run_base(cascade, embeds, num_images=1, seed=SEED, steps=3, guidance_scale=7.0)
+    assert stages.image_to_png(again[0]) == stages.image_to_png(fresh[0])
 
 
 def test_embeds_round_trip_through_bytes_exactly(embeds: PromptEmbeds) -> None:
@@ -213,8 +229,8 @@ def _small(size: int) -> list[PIL.Image.Image]:
     return [PIL.Image.new("RGB", (size, size))]
 
 
-_BASE = {"num_images": 1, "seed": 0, "steps": 2, "guidance_scale": 7.0}
-_SR = {"seed": 0, "steps": 2, "guidance_scale": 4.0, "noise_level": 100}
+_BASE: dict[str, Any] = {"num_images": 1, "seed": 0, "steps": 2, "guidance_scale": 7.0}
+_SR: dict[str, Any] = {"seed": 0, "steps": 2, "guidance_scale": 4.0, "noise_level": 100}
 
 
 @pytest.mark.parametrize(
@@ -234,9 +250,7 @@ _SR = {"seed": 0, "steps": 2, "guidance_scale": 4.0, "noise_level": 100}
             "guidance_scale",
         ),
         (
-            lambda c, e: stages.run_base(
-                c, PromptEmbeds(torch.zeros(1, 77, 5), torch.zeros(1, 77, 5)), **_BASE
-            ),
+            lambda c, e: stages.run_base(c, PromptEmbeds(torch.zeros(1, 77, 5), torch.zeros(1, 77, 5)), **_BASE),
             "embeds",
         ),
         (lambda c, e: stages.run_sr_256(c, _small(32), e, **_SR), "images[0]"),
@@ -278,11 +292,7 @@ def test_build_tiny_is_deterministic(models_dir: Path, tmp_path: Path) -> None:
 
 
 def _tree(folder: Path) -> dict[str, bytes]:
-    return {
-        str(path.relative_to(folder)): path.read_bytes()
-        for path in sorted(folder.rglob("*"))
-        if path.is_file()
-    }
+    return {str(path.relative_to(folder)): path.read_bytes() for path in sorted(folder.rglob("*")) if path.is_file()}
 
 
 def test_build_tiny_skips_a_complete_build_and_redoes_an_incomplete_one(tmp_path: Path) -> None:

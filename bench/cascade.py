@@ -1,0 +1,157 @@
+"""Benchmark: tiny-preset generate jobs through the HTTP API vs the same cascade called in one process.
+
+Prints end-to-end latency p50/p95 (jobs one at a time), per-stage run and queue-wait times, throughput
+(a burst of jobs submitted at once), and the orchestration overhead: end-to-end time over the time of
+the same cascade run directly, in this process, with the same parameters and thread count.
+
+    python bench/cascade.py                       # starts `imagen-queue up` in a temporary data dir
+    python bench/cascade.py --api-url URL --api-key KEY --jobs 20
+"""
+
+import argparse
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from cli.services import free_port  # noqa: E402
+
+STAGES = {"base": {"steps": 8}, "sr256": {"steps": 5}, "sr1024": {"steps": 5}}
+PROMPT = "a corgi wearing a crown"
+STAGE_NAMES = ("encode_text", "base_64", "sr_256", "sr_1024")
+
+
+def _ts(value: str) -> float:
+    return datetime.fromisoformat(value.replace("Z", "+00:00")).timestamp()
+
+
+def _pct(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
+
+
+def _start_embedded(data_dir: Path, port: int, threads: int) -> tuple[subprocess.Popen[bytes], str, str]:
+    env = {**os.environ, "IMAGEN_DATA_DIR": str(data_dir), "IMAGEN_TORCH_THREADS": str(threads)}
+    log = open(data_dir / "up.log", "wb")  # noqa: SIM115 (kept for the child's lifetime)
+    process = subprocess.Popen([sys.executable, "-m", "cli.main", "up", "--port", str(port)], env=env,
+                               stdout=log, stderr=subprocess.STDOUT)
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 180
+    key_file = data_dir / "admin_api_key"
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise SystemExit(f"imagen-queue up exited; see {data_dir / 'up.log'}")
+        try:
+            if key_file.exists() and httpx.get(f"{url}/readyz", timeout=2).status_code == 200:
+                return process, url, key_file.read_text().strip()
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.5)
+    raise SystemExit("the embedded system did not come up in 180 s")
+
+
+def _wait(http: httpx.Client, job_id: str) -> dict[str, Any]:
+    while True:
+        job: dict[str, Any] = http.get(f"/v1/jobs/{job_id}").json()
+        if job["status"] in ("succeeded", "failed", "canceled"):
+            if job["status"] != "succeeded":
+                raise SystemExit(f"job {job_id} {job['status']}: {job['error']}")
+            return job
+        time.sleep(0.02)
+
+
+def _submit(http: httpx.Client, seed: int) -> str:
+    body = {"kind": "generate", "input": {"prompt": PROMPT, "seed": seed, "stages": STAGES}}
+    response = http.post("/v1/jobs", json=body)
+    response.raise_for_status()
+    return str(response.json()["id"])
+
+
+def _direct_seconds(models_dir: Path, runs: int, threads: int) -> list[float]:
+    import torch
+
+    from workers.cascade import run_direct
+    from workers.pipelines import get_cascade
+    from workers.presets import StageParams
+    from workers.tiny_models import build_tiny
+
+    torch.set_num_threads(threads)
+    build_tiny(models_dir)
+    cascade = get_cascade("tiny", models_dir)
+    params = {
+        "base_64": StageParams(8, 7.0), "sr_256": StageParams(5, 4.0, 250), "sr_1024": StageParams(5, 9.0, 100),
+    }
+    run_direct(cascade, PROMPT, num_images=1, seed=0, resolution=1024, params=params)  # warm-up
+    times = []
+    for seed in range(runs):
+        start = time.perf_counter()
+        run_direct(cascade, PROMPT, num_images=1, seed=seed, resolution=1024, params=params)
+        times.append(time.perf_counter() - start)
+    return times
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--jobs", type=int, default=10, help="jobs run one at a time, for latency")
+    parser.add_argument("--burst", type=int, default=10, help="jobs submitted at once, for throughput")
+    parser.add_argument("--threads", type=int, default=2, help="torch threads, worker and direct run alike")
+    parser.add_argument("--api-url", default=None)
+    parser.add_argument("--api-key", default=None)
+    args = parser.parse_args()
+
+    data_dir = Path(tempfile.mkdtemp(prefix="imagen-bench-"))
+    process = None
+    if args.api_url:
+        url, key = args.api_url, args.api_key or os.environ.get("IMAGEN_API_KEY", "")
+    else:
+        process, url, key = _start_embedded(data_dir, free_port(), args.threads)
+    http = httpx.Client(base_url=url, headers={"Authorization": f"Bearer {key}"}, timeout=30)
+    try:
+        _wait(http, _submit(http, 10_000))  # warm-up: the worker loads its models on first use
+
+        sequential = []
+        for i in range(args.jobs):
+            sequential.append(_wait(http, _submit(http, i)))
+
+        burst_start = time.time()
+        ids = [_submit(http, 1000 + i) for i in range(args.burst)]
+        burst = [_wait(http, job_id) for job_id in ids]
+        burst_seconds = max(_ts(j["finished_at"]) for j in burst) - burst_start
+    finally:
+        http.close()
+        if process is not None:
+            process.terminate()
+            process.wait(60)
+
+    e2e = [_ts(j["finished_at"]) - _ts(j["created_at"]) for j in sequential]
+    print(f"tiny preset, 1 image, steps base/sr256/sr1024 = 8/5/5, torch threads {args.threads}")
+    print(f"end-to-end latency, {args.jobs} jobs one at a time: p50 {_pct(e2e, 0.5):.2f} s, "
+          f"p95 {_pct(e2e, 0.95):.2f} s")
+    print(f"{'stage':<12}{'run p50':>10}{'run p95':>10}{'wait p50':>10}{'wait p95':>10}")
+    for name in STAGE_NAMES:
+        runs = [s["duration_ms"] / 1000 for j in sequential for s in j["stages"] if s["name"] == name]
+        waits = [_ts(s["started_at"]) - _ts(s["queued_at"]) for j in sequential for s in j["stages"]
+                 if s["name"] == name]
+        print(f"{name:<12}{_pct(runs, .5):>9.3f}s{_pct(runs, .95):>9.3f}s{_pct(waits, .5):>9.3f}s"
+              f"{_pct(waits, .95):>9.3f}s")
+    print(f"throughput, {args.burst} jobs submitted at once: {args.burst / burst_seconds:.3f} jobs/s "
+          f"({burst_seconds:.1f} s)")
+
+    direct = _direct_seconds(data_dir / "direct-models", max(3, args.jobs // 2), args.threads)
+    ratio = statistics.median(e2e) / statistics.median(direct)
+    print(f"same cascade called directly in one process: p50 {statistics.median(direct):.2f} s")
+    print(f"orchestration overhead: end-to-end / direct = {ratio:.3f} "
+          f"(+{statistics.median(e2e) - statistics.median(direct):.2f} s per job)")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,101 @@
+"""Faults lose no job and no image: a SIGKILLed worker, a restarted (emptied) broker."""
+
+from collections.abc import Iterator
+
+import httpx
+import pytest
+from minio import Minio
+
+from tests.conftest import FAST, Client, object_keys
+from tests.servers import System, wait_until
+
+
+def _artifact_rows(job_id: str) -> list[tuple[str, int]]:
+    from sqlalchemy import select
+
+    from db.models import Artifact
+    from db.session import session_scope
+
+    with session_scope() as session:
+        rows = session.execute(select(Artifact.stage, Artifact.index).where(Artifact.job_id == job_id))
+        return sorted((stage, index) for stage, index in rows)
+
+
+@pytest.fixture
+def restore_worker(system: System) -> Iterator[None]:
+    """Whatever a test does to the worker, the next test finds one running."""
+    yield
+    if system.worker is None or not system.worker.alive():
+        system.worker = system.new_worker()
+
+
+def test_killed_worker_mid_stage_job_still_succeeds_without_duplicate_outputs(
+    system: System, client: Client, s3: Minio, restore_worker: None
+) -> None:
+    job = client.submit(seed=5, stages={"base": {"steps": 3}, "sr256": {"steps": 60}, "sr1024": {"steps": 2}})
+    client.wait_stage(job["id"], "sr_256", min_progress=0.05)
+    assert system.worker is not None
+    system.worker.kill()  # SIGKILL while sr_256 is denoising: no ack, no cleanup
+
+    # The stage is left "running" with a heartbeat that no longer moves; a new worker comes up and the
+    # sweeper (beat) enqueues the job again once the heartbeat is older than IMAGEN_REQUEUE_AFTER_S.
+    system.worker = system.new_worker("worker-2")
+    job = client.wait(job["id"], timeout_s=180)
+    assert job["status"] == "succeeded", job
+
+    stages = {s["name"]: s for s in job["stages"]}
+    assert stages["sr_256"]["attempts"] == 2, "the killed attempt and the one that finished"
+    assert stages["encode_text"]["attempts"] == 1 and stages["base_64"]["attempts"] == 1, \
+        "stages that had finished before the kill are not run again"
+    assert stages["sr_1024"]["attempts"] == 1
+    expected = sorted([
+        f"jobs/{job['id']}/text/embeds.safetensors", f"jobs/{job['id']}/base_64/0.png",
+        f"jobs/{job['id']}/sr_256/0.png", f"jobs/{job['id']}/sr_1024/0.png",
+    ])
+    assert object_keys(s3, job["id"]) == expected
+    assert _artifact_rows(job["id"]) == [("base_64", 0), ("encode_text", 0), ("sr_1024", 0), ("sr_256", 0)]
+
+
+def test_restarted_broker_loses_no_job(system: System, client: Client, restore_worker: None) -> None:
+    assert system.worker is not None
+    system.worker.stop()  # nobody consumes: the first job waits in a Redis queue
+    queued = client.submit(seed=31, resolution=64, stages=FAST)
+
+    system.redis.stop()  # Redis keeps nothing on disk here: the queued message is gone
+    # Submitting while the broker is down still records the job (202); it is enqueued later.
+    offline = client.submit(seed=32, resolution=64, stages=FAST)
+    assert offline["status"] == "queued"
+    readiness = httpx.get(f"{system.api_url}/readyz", timeout=10)
+    assert readiness.status_code == 503 and readiness.json()["checks"]["broker"].startswith("error")
+
+    system.redis.start()  # same port, empty
+    system.worker = system.new_worker("worker-3")
+    for job_id in (queued["id"], offline["id"]):
+        job = client.wait(job_id, timeout_s=120)
+        assert job["status"] == "succeeded", job
+        assert [s["attempts"] for s in job["stages"]] == [1, 1]
+    wait_until(lambda: httpx.get(f"{system.api_url}/readyz", timeout=10).status_code == 200, 30,
+               "the API to be ready again")
+
+
+def test_stage_that_keeps_dying_fails_the_job_with_its_reason(
+    system: System, client: Client, restore_worker: None
+) -> None:
+    job = client.submit(seed=8, resolution=64, stages={"base": {"steps": 1000}})
+    for attempt in range(1, 4):
+        client.wait_stage(job["id"], "base_64", min_progress=0.001, timeout_s=90, attempt=attempt)
+        assert system.worker is not None
+        system.worker.kill()
+        system.worker = system.new_worker(f"worker-dying-{attempt}")
+    job = client.wait(job["id"], timeout_s=90)
+    assert job["status"] == "failed"
+    assert "base_64" in job["error"] and "3 attempts" in job["error"], job["error"]
+    assert job["stages"][1]["status"] == "failed"
+
+    # An operator retries it: fresh attempts (stopped by a cancel; finishing 1000 steps is not the point).
+    retried = client.http.post(f"/v1/jobs/{job['id']}/retry").json()
+    assert retried["status"] == "queued" and retried["error"] is None
+    assert retried["stages"][1]["attempts"] == 0
+    client.wait_stage(job["id"], "base_64", min_progress=0.001, timeout_s=90)
+    client.http.post(f"/v1/jobs/{job['id']}/cancel")
+    assert client.wait(job["id"])["status"] == "canceled"
