@@ -31,7 +31,9 @@ class SuperResolutionParams(BaseStageParams):
     """Sampling parameters of a super-resolution stage."""
 
     noise_level: int | None = Field(
-        default=None, ge=0, le=1000,
+        default=None,
+        ge=0,
+        le=1000,
         description="noise-conditioning augmentation of the low-resolution input (the preset caps it)",
     )
 
@@ -135,26 +137,48 @@ class JobPublic(BaseModel):
         output = None
         if job.status == JobStatus.SUCCEEDED and stages:
             last = stages[-1]
-            output = JobOutput(images=[
-                ImagePublic(url=o.url, width=o.width, height=o.height, seed=o.seed) for o in last.outputs
-            ])
+            output = JobOutput(
+                images=[ImagePublic(url=o.url, width=o.width, height=o.height, seed=o.seed) for o in last.outputs]
+            )
         return cls(
-            id=job.id, kind=job.kind, status=job.status, preset=job.preset, input=job.input,
-            priority=job.priority, metadata=job.meta, error=job.error, created_at=job.created_at,
-            started_at=job.started_at, finished_at=job.finished_at, stages=stages, output=output,
+            id=job.id,
+            kind=job.kind,
+            status=job.status,
+            preset=job.preset,
+            input=job.input,
+            priority=job.priority,
+            metadata=job.meta,
+            error=job.error,
+            created_at=job.created_at,
+            started_at=job.started_at,
+            finished_at=job.finished_at,
+            stages=stages,
+            output=output,
         )
 
 
 def _stage_public(stage: JobStage, store: ObjectStore, ttl_s: int) -> StagePublic:
     outputs = [
-        OutputFile(index=o["index"], url=store.presigned_url(o["key"], ttl_s), width=o.get("width"),
-                   height=o.get("height"), seed=o.get("seed"))
+        OutputFile(
+            index=o["index"],
+            url=store.presigned_url(o["key"], ttl_s),
+            width=o.get("width"),
+            height=o.get("height"),
+            seed=o.get("seed"),
+        )
         for o in stage.outputs
     ]
     return StagePublic(
-        name=stage.name, status=stage.status, progress=stage.progress, attempts=stage.attempts,
-        queued_at=stage.queued_at, started_at=stage.started_at, finished_at=stage.finished_at,
-        duration_ms=stage.duration_ms, error=stage.error, outputs=outputs,
+        name=stage.name,
+        status=stage.status,
+        progress=stage.progress,
+        attempts=stage.attempts,
+        queued_at=stage.queued_at,
+        started_at=stage.started_at,
+        finished_at=stage.finished_at,
+        duration_ms=stage.duration_ms,
+        error=stage.error,
+        outputs=outputs,
     )
 
 

@@ -16,16 +16,13 @@ from workers.presets import Preset
 def resolve_generate_input(data: GenerateInput, preset: Preset) -> dict[str, Any]:
     """The input as it will run: every stage's parameters filled in and checked, the seed fixed."""
     if data.caption:
-        raise InvalidInput("captioning generated images is not available on this server yet",
-                           field="input.caption")
+        raise InvalidInput("captioning generated images is not available on this server yet", field="input.caption")
     if data.index:
-        raise InvalidInput("indexing generated images is not available on this server yet",
-                           field="input.index")
+        raise InvalidInput("indexing generated images is not available on this server yet", field="input.index")
     resolutions = [spec.resolution for spec in preset.stages]
     if data.resolution not in resolutions:
         raise InvalidInput(
-            f"input.resolution must be one of {resolutions} for model preset {preset.name!r}, "
-            f"got {data.resolution}",
+            f"input.resolution must be one of {resolutions} for model preset {preset.name!r}, got {data.resolution}",
             field="input.resolution",
         )
     overrides = data.stages.model_dump()
@@ -37,12 +34,13 @@ def resolve_generate_input(data: GenerateInput, preset: Preset) -> dict[str, Any
         given = overrides.get(request_key) or {}
         params: dict[str, Any] = {
             "steps": given.get("steps") or spec.default_steps,
-            "guidance_scale": given["guidance_scale"] if given.get("guidance_scale") is not None
+            "guidance_scale": given["guidance_scale"]
+            if given.get("guidance_scale") is not None
             else spec.default_guidance,
         }
         if spec.max_noise_level is not None:
             noise = given.get("noise_level")
-            noise = spec.default_noise_level if noise is None else noise
+            noise = (spec.default_noise_level or 0) if noise is None else noise
             if noise > spec.max_noise_level:
                 raise InvalidInput(
                     f"input.stages.{request_key}.noise_level must be between 0 and {spec.max_noise_level} "
@@ -86,7 +84,7 @@ def enqueue_committed(session: Session, job: Job) -> None:
     If the broker is down the job stays committed and undispatched; the sweeper sends it later.
     """
     first = job_queries.first_unfinished_stage(job)
-    stages = [s.name for s in job.stages[first.position:]] if first is not None else []
+    stages = [s.name for s in job.stages[first.position :]] if first is not None else []
     if enqueue_cascade(job.id, stages, seq=job.dispatch_seq, priority=job.priority):
         job_queries.mark_dispatched(session, job_id=job.id, seq=job.dispatch_seq)
         session.commit()

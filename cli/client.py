@@ -31,8 +31,9 @@ class ApiClient:
     """A thin client of the v1 HTTP API."""
 
     def __init__(self, base_url: str, api_key: str, timeout_s: float = 30.0) -> None:
-        self.http = httpx.Client(base_url=base_url.rstrip("/"), timeout=timeout_s,
-                                 headers={"Authorization": f"Bearer {api_key}"})
+        self.http = httpx.Client(
+            base_url=base_url.rstrip("/"), timeout=timeout_s, headers={"Authorization": f"Bearer {api_key}"}
+        )
 
     def _check(self, response: httpx.Response) -> dict[str, Any]:
         if response.status_code >= 400:

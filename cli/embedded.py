@@ -66,8 +66,9 @@ def _wait_ready(url: str, children: list[subprocess.Popen[bytes]], timeout_s: fl
 
 def _spawn(name: str, args: list[str], env: dict[str, str], logs: Path) -> "subprocess.Popen[bytes]":
     with open(logs / f"{name}.log", "ab") as log:  # the child keeps its own descriptor
-        return subprocess.Popen([sys.executable, "-m", "cli.main", *args], env=env, stdout=log,
-                                stderr=subprocess.STDOUT)
+        return subprocess.Popen(
+            [sys.executable, "-m", "cli.main", *args], env=env, stdout=log, stderr=subprocess.STDOUT
+        )
 
 
 def _interrupt(*_: object) -> None:
@@ -89,13 +90,15 @@ def run_embedded(host: str, port: int) -> int:
     redis_server.start()
     public_url = f"http://{'127.0.0.1' if host in ('0.0.0.0', '::') else host}:{port}"
     env = dict(os.environ)
-    env.update({
-        "IMAGEN_DATA_DIR": str(data_dir),
-        "IMAGEN_DATABASE_URL": database_url,
-        "IMAGEN_REDIS_URL": redis_server.url,
-        "IMAGEN_PUBLIC_URL": public_url,
-        "HF_HUB_OFFLINE": "1",
-    })
+    env.update(
+        {
+            "IMAGEN_DATA_DIR": str(data_dir),
+            "IMAGEN_DATABASE_URL": database_url,
+            "IMAGEN_REDIS_URL": redis_server.url,
+            "IMAGEN_PUBLIC_URL": public_url,
+            "HF_HUB_OFFLINE": "1",
+        }
+    )
     os.environ.update(env)
     from core.config import get_settings
 

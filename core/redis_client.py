@@ -8,7 +8,7 @@ from core.config import get_settings
 
 
 @lru_cache
-def get_redis() -> "redis.Redis[bytes]":
+def get_redis() -> redis.Redis:
     """A pooled client for ``IMAGEN_REDIS_URL``; it fails fast when Redis is down."""
     return redis.Redis.from_url(client_url(get_settings().redis_url), socket_connect_timeout=2, socket_timeout=5)
 

@@ -33,12 +33,17 @@ def create_job(
 ) -> Job:
     """A queued job with one pending row per ``(stage name, queue)``, in order."""
     job = Job(
-        tenant_id=tenant_id, kind=kind, preset=preset, input=input, priority=priority, meta=meta or {},
-        status=JobStatus.QUEUED, dispatch_seq=1,
+        tenant_id=tenant_id,
+        kind=kind,
+        preset=preset,
+        input=input,
+        priority=priority,
+        meta=meta or {},
+        status=JobStatus.QUEUED,
+        dispatch_seq=1,
     )
     job.stages = [
-        JobStage(name=name, queue=queue, position=i, status=StageStatus.PENDING, progress=0.0, attempts=0,
-                 outputs=[])
+        JobStage(name=name, queue=queue, position=i, status=StageStatus.PENDING, progress=0.0, attempts=0, outputs=[])
         for i, (name, queue) in enumerate(stages)
     ]
     session.add(job)
@@ -113,9 +118,7 @@ def bump_dispatch(job: Job) -> int:
 
 def mark_dispatched(session: Session, *, job_id: uuid.UUID, seq: int) -> None:
     """Record that generation ``seq`` of the job's chain reached the broker."""
-    session.execute(
-        update(Job).where(Job.id == job_id, Job.dispatch_seq == seq).values(dispatched_at=now())
-    )
+    session.execute(update(Job).where(Job.id == job_id, Job.dispatch_seq == seq).values(dispatched_at=now()))
 
 
 def mark_stage_running(job: Job, stage: JobStage) -> None:
@@ -140,8 +143,9 @@ def record_progress(session: Session, *, stage_id: uuid.UUID, progress: float) -
         .values(progress=progress, heartbeat_at=now())
     )
     return bool(
-        session.scalar(select(Job.cancel_requested).join(JobStage, JobStage.job_id == Job.id)
-                       .where(JobStage.id == stage_id))
+        session.scalar(
+            select(Job.cancel_requested).join(JobStage, JobStage.job_id == Job.id).where(JobStage.id == stage_id)
+        )
     )
 
 
@@ -163,8 +167,17 @@ def record_artifact(
     session.execute(
         insert(Artifact)
         .values(
-            id=uuid.uuid4(), job_id=job_id, stage=stage, index=index, key=key, content_type=content_type,
-            size_bytes=size_bytes, sha256=sha256, width=width, height=height, seed=seed,
+            id=uuid.uuid4(),
+            job_id=job_id,
+            stage=stage,
+            index=index,
+            key=key,
+            content_type=content_type,
+            size_bytes=size_bytes,
+            sha256=sha256,
+            width=width,
+            height=height,
+            seed=seed,
         )
         .on_conflict_do_nothing(index_elements=["job_id", "stage", "index"])
     )
@@ -206,11 +219,13 @@ def finish_job(job: Job, status: JobStatus, *, error: str | None = None) -> None
     if status == JobStatus.SUCCEEDED:
         return
     stage_status = StageStatus.CANCELED if status == JobStatus.CANCELED else StageStatus.FAILED
+    # A failure ends the stage that was running; a cancel also ends the stages that never started.
     for stage in job.stages:
-        if stage.status in (StageStatus.PENDING, StageStatus.RUNNING):
-            if stage.status == StageStatus.RUNNING or stage_status == StageStatus.CANCELED:
-                stage.status = stage_status
-                stage.finished_at = t
+        if stage.status == StageStatus.RUNNING or (
+            stage.status == StageStatus.PENDING and stage_status == StageStatus.CANCELED
+        ):
+            stage.status = stage_status
+            stage.finished_at = t
 
 
 def request_cancel(job: Job) -> bool:
@@ -253,13 +268,12 @@ def active_jobs_for_sweep(
     if not everything:
         stale_stage = (
             select(JobStage.id)
-            .where(JobStage.job_id == Job.id, JobStage.status == StageStatus.RUNNING,
-                   JobStage.heartbeat_at < stale_before)
+            .where(
+                JobStage.job_id == Job.id, JobStage.status == StageStatus.RUNNING, JobStage.heartbeat_at < stale_before
+            )
             .exists()
         )
-        query = query.where(or_(
-            and_(Job.dispatched_at.is_(None), Job.created_at < undispatched_before), stale_stage
-        ))
+        query = query.where(or_(and_(Job.dispatched_at.is_(None), Job.created_at < undispatched_before), stale_stage))
     query = query.order_by(Job.created_at).limit(limit).with_for_update(skip_locked=True)
     return list(session.scalars(query))
 
@@ -268,8 +282,7 @@ def cancel_requested_orphans(session: Session, *, stale_before: datetime) -> lis
     """Jobs asked to cancel whose running stage stopped beating: nobody is left to notice the flag."""
     stale_stage = (
         select(JobStage.id)
-        .where(JobStage.job_id == Job.id, JobStage.status == StageStatus.RUNNING,
-               JobStage.heartbeat_at < stale_before)
+        .where(JobStage.job_id == Job.id, JobStage.status == StageStatus.RUNNING, JobStage.heartbeat_at < stale_before)
         .exists()
     )
     query = select(Job).where(Job.status.in_(ACTIVE), Job.cancel_requested.is_(True), stale_stage)

@@ -31,8 +31,9 @@ def get_or_create_tenant(session: Session, *, name: str) -> Tenant:
     return tenant
 
 
-def create_api_key(session: Session, *, tenant: Tenant, is_admin: bool = False, key: str | None = None
-                   ) -> tuple[ApiKey, str]:
+def create_api_key(
+    session: Session, *, tenant: Tenant, is_admin: bool = False, key: str | None = None
+) -> tuple[ApiKey, str]:
     """A new key for ``tenant``; returns the row and the key itself, which is never stored."""
     key = key or KEY_PREFIX + secrets.token_urlsafe(32)
     row = ApiKey(tenant_id=tenant.id, key_hash=hash_key(key), prefix=key[:10], is_admin=is_admin)
@@ -43,13 +44,12 @@ def create_api_key(session: Session, *, tenant: Tenant, is_admin: bool = False, 
 
 def find_api_key(session: Session, *, key: str) -> ApiKey | None:
     """The live (not revoked) API key row for ``key``, with its tenant."""
-    return session.scalar(
-        select(ApiKey).where(ApiKey.key_hash == hash_key(key), ApiKey.revoked_at.is_(None))
-    )
+    return session.scalar(select(ApiKey).where(ApiKey.key_hash == hash_key(key), ApiKey.revoked_at.is_(None)))
 
 
 def has_admin_key(session: Session) -> bool:
     """Whether any live admin key exists (the embedded mode creates one on first start)."""
-    return session.scalar(
-        select(ApiKey.id).where(ApiKey.is_admin.is_(True), ApiKey.revoked_at.is_(None)).limit(1)
-    ) is not None
+    return (
+        session.scalar(select(ApiKey.id).where(ApiKey.is_admin.is_(True), ApiKey.revoked_at.is_(None)).limit(1))
+        is not None
+    )

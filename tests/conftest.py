@@ -56,8 +56,7 @@ class Client:
 
     def __init__(self, system: System, key: str) -> None:
         self.system = system
-        self.http = httpx.Client(base_url=system.api_url, headers={"Authorization": f"Bearer {key}"},
-                                 timeout=30)
+        self.http = httpx.Client(base_url=system.api_url, headers={"Authorization": f"Bearer {key}"}, timeout=30)
 
     def submit(self, prompt: str = "a corgi wearing a crown", **input: Any) -> dict[str, Any]:
         body = {"kind": "generate", "input": {"prompt": prompt, **input}}
@@ -81,9 +80,11 @@ class Client:
             worker = self.system.worker.log_tail() if self.system.worker else ""
             raise AssertionError(f"job {job_id}: {self.job(job_id)}\n--- worker log ---\n{worker}") from None
 
-    def wait_stage(self, job_id: str, stage: str, min_progress: float = 0.0, timeout_s: float = 60,
-                   attempt: int | None = None) -> dict[str, Any]:
+    def wait_stage(
+        self, job_id: str, stage: str, min_progress: float = 0.0, timeout_s: float = 60, attempt: int | None = None
+    ) -> dict[str, Any]:
         """Wait until ``stage`` is running (its ``attempt``-th time) with at least ``min_progress``."""
+
         def running() -> dict[str, Any] | None:
             job = self.job(job_id)
             row = next(s for s in job["stages"] if s["name"] == stage)

@@ -57,7 +57,8 @@ class S3Server:
     def start(self) -> None:
         self.process = subprocess.Popen(
             [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(self.port)],
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
         )
 
         def answers() -> bool:
@@ -86,8 +87,13 @@ class ChildProcess:
 
     def start(self) -> "ChildProcess":
         with open(self.log_path, "ab") as log:  # the child keeps its own descriptor
-            self.process = subprocess.Popen([sys.executable, "-m", "cli.main", *self.args], env=self.env,
-                                            cwd=REPO, stdout=log, stderr=subprocess.STDOUT)
+            self.process = subprocess.Popen(
+                [sys.executable, "-m", "cli.main", *self.args],
+                env=self.env,
+                cwd=REPO,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+            )
         return self
 
     def kill(self) -> None:
@@ -158,8 +164,10 @@ class System:
         self.api = ChildProcess("api", ["api", "--port", str(self.api_port)], self.env, self.logs).start()
         self.worker = self.new_worker()
         self.beat = ChildProcess(
-            "beat", ["beat", "--schedule", str(self.root / "celerybeat-schedule"), "--loglevel", "INFO"],
-            self.env, self.logs,
+            "beat",
+            ["beat", "--schedule", str(self.root / "celerybeat-schedule"), "--loglevel", "INFO"],
+            self.env,
+            self.logs,
         ).start()
 
         def ready() -> bool:

@@ -58,8 +58,11 @@ def create_app() -> Celery:
         task_send_sent_event=True,
         beat_schedule={
             # A sweep that waited longer than the interval is dropped: the next one does its work.
-            "sweep": {"task": "imagen.sweep", "schedule": timedelta(seconds=settings.sweep_interval_s),
-                      "options": {"expires": settings.sweep_interval_s}},
+            "sweep": {
+                "task": "imagen.sweep",
+                "schedule": timedelta(seconds=settings.sweep_interval_s),
+                "options": {"expires": settings.sweep_interval_s},
+            },
         },
     )
     return app

@@ -40,21 +40,27 @@ def cascade_chain(job_id: uuid.UUID, stages: Sequence[str], *, seq: int, priorit
     """The chain of immutable signatures that runs ``stages`` of a job, then finalizes it."""
     redis_priority = 9 - priority  # the API's 9 runs first; Redis serves 0 first
     signatures = [
-        app.signature(STAGE_TASKS[name][0], args=(str(job_id), name, seq), immutable=True,
-                      queue=STAGE_TASKS[name][1], priority=redis_priority)
+        app.signature(
+            STAGE_TASKS[name][0],
+            args=(str(job_id), name, seq),
+            immutable=True,
+            queue=STAGE_TASKS[name][1],
+            priority=redis_priority,
+        )
         for name in stages
     ]
-    signatures.append(app.signature(FINALIZE_TASK, args=(str(job_id), "finalize", seq), immutable=True,
-                                    queue="control", priority=redis_priority))
+    signatures.append(
+        app.signature(
+            FINALIZE_TASK, args=(str(job_id), "finalize", seq), immutable=True, queue="control", priority=redis_priority
+        )
+    )
     return chain(*signatures)
 
 
 def enqueue_cascade(job_id: uuid.UUID, stages: Sequence[str], *, seq: int, priority: int) -> bool:
     """Send the chain to the broker; False (logged) when the broker cannot be reached."""
     try:
-        cascade_chain(job_id, stages, seq=seq, priority=priority).apply_async(
-            retry=True, retry_policy=_PUBLISH_RETRY
-        )
+        cascade_chain(job_id, stages, seq=seq, priority=priority).apply_async(retry=True, retry_policy=_PUBLISH_RETRY)
     except (KombuError, RedisError, OSError) as exc:
         log.warning("could not enqueue job %s (generation %d): %s; the sweeper will", job_id, seq, exc)
         return False

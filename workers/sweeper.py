@@ -42,14 +42,14 @@ def broker_lost_its_queues() -> bool:
     return bool(get_redis().set(BROKER_MARKER_KEY, "1", nx=True))
 
 
-def plan_redispatch(job: Job) -> Redispatch | None:
-    """Bump the job's generation and name the stages to run again; None if every stage is done."""
+def plan_redispatch(job: Job) -> Redispatch:
+    """Bump the job's generation and name the stages to run again (none left: just finalize)."""
     first = job_queries.first_unfinished_stage(job)
     seq = job_queries.bump_dispatch(job)
     if first is None:
         return Redispatch(job.id, [], seq, job.priority)
     first.queued_at = job_queries.now()
-    return Redispatch(job.id, [s.name for s in job.stages[first.position:]], seq, job.priority)
+    return Redispatch(job.id, [s.name for s in job.stages[first.position :]], seq, job.priority)
 
 
 def sweep_lost_jobs() -> list[uuid.UUID]:
@@ -82,6 +82,10 @@ def sweep_lost_jobs() -> list[uuid.UUID]:
         if enqueue_cascade(plan.job_id, plan.stages, seq=plan.seq, priority=plan.priority):
             with session_scope() as session:
                 job_queries.mark_dispatched(session, job_id=plan.job_id, seq=plan.seq)
-            log.info("job %s enqueued again from %s (generation %d)", plan.job_id,
-                     plan.stages[0] if plan.stages else "finalize", plan.seq)
+            log.info(
+                "job %s enqueued again from %s (generation %d)",
+                plan.job_id,
+                plan.stages[0] if plan.stages else "finalize",
+                plan.seq,
+            )
     return [plan.job_id for plan in plans]

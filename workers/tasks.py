@@ -37,8 +37,13 @@ from workers.dispatch import ENCODE_TEXT
 log = logging.getLogger(__name__)
 
 # Errors that say "try again later", not "this job is broken".
-TRANSIENT_ERRORS: tuple[type[BaseException], ...] = (StoreUnavailable, OperationalError, RedisError,
-                                                     ConnectionError, TimeoutError)
+TRANSIENT_ERRORS: tuple[type[BaseException], ...] = (
+    StoreUnavailable,
+    OperationalError,
+    RedisError,
+    ConnectionError,
+    TimeoutError,
+)
 PROGRESS_INTERVAL_S = 0.25
 
 
@@ -89,8 +94,7 @@ def _claim(job_id: uuid.UUID, stage_name: str, seq: int) -> StageRun | None:
             log.warning("job %s is gone; dropping %s", job_id, stage_name)
             stop = True
         elif job.dispatch_seq != seq:
-            log.info("job %s: %s of generation %d superseded by %d", job_id, stage_name, seq,
-                     job.dispatch_seq)
+            log.info("job %s: %s of generation %d superseded by %d", job_id, stage_name, seq, job.dispatch_seq)
             stop = True
         elif JobStatus(job.status).is_terminal:
             stop = True
@@ -105,15 +109,22 @@ def _claim(job_id: uuid.UUID, stage_name: str, seq: int) -> StageRun | None:
                 reason = stage.error or "its worker stopped before it finished"
                 stage.status = StageStatus.FAILED
                 job_queries.finish_job(
-                    job, JobStatus.FAILED,
+                    job,
+                    JobStatus.FAILED,
                     error=f"stage {stage_name} did not complete after {stage.attempts} attempts: {reason}",
                 )
                 stop = True
             else:
                 job_queries.mark_stage_running(job, stage)
                 previous = job.stages[stage.position - 1].name if stage.position > 0 else None
-                run = StageRun(job_id=job.id, stage=stage_name, stage_id=stage.id, preset=job.preset,
-                               input=dict(job.input), previous_stage=previous)
+                run = StageRun(
+                    job_id=job.id,
+                    stage=stage_name,
+                    stage_id=stage.id,
+                    preset=job.preset,
+                    input=dict(job.input),
+                    previous_stage=previous,
+                )
     if stop or run is None:
         raise Ignore()
     return run
@@ -170,8 +181,9 @@ def _heartbeat(stage_id: uuid.UUID) -> Iterator[None]:
         while not stop.wait(interval):
             try:
                 with session_scope() as session:
-                    session.execute(update(JobStage).where(JobStage.id == stage_id)
-                                    .values(heartbeat_at=job_queries.now()))
+                    session.execute(
+                        update(JobStage).where(JobStage.id == stage_id).values(heartbeat_at=job_queries.now())
+                    )
             except OperationalError as exc:
                 log.warning("heartbeat of stage %s failed: %s", stage_id, exc)
 
@@ -206,8 +218,7 @@ def progress_reporter(run: StageRun) -> Callable[[float], None]:
     return report
 
 
-def run_stage(task: Task, job_id: str, stage_name: str, seq: int,
-              work: Callable[[StageRun], None]) -> None:
+def run_stage(task: Task, job_id: str, stage_name: str, seq: int, work: Callable[[StageRun], None]) -> None:
     """Claim, run, record: the life cycle every stage task shares."""
     jid = uuid.UUID(job_id)
     preset = _peek_preset(jid)
@@ -244,7 +255,7 @@ def run_stage(task: Task, job_id: str, stage_name: str, seq: int,
 
 
 def _backoff(task: Task) -> float:
-    return float(min(2 ** task.request.retries, 30))
+    return float(min(2**task.request.retries, 30))
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -255,8 +266,18 @@ def _store_png(run: StageRun, index: int, png: bytes, *, width: int, height: int
     key = image_key(run.job_id, run.stage, index)
     _store().put(key, png, "image/png")
     digest = hashlib.sha256(png).hexdigest()
-    run.artifacts.append(dict(index=index, key=key, content_type="image/png", size_bytes=len(png),
-                              sha256=digest, width=width, height=height, seed=seed))
+    run.artifacts.append(
+        dict(
+            index=index,
+            key=key,
+            content_type="image/png",
+            size_bytes=len(png),
+            sha256=digest,
+            width=width,
+            height=height,
+            seed=seed,
+        )
+    )
     run.outputs.append({"index": index, "key": key, "width": width, "height": height, "seed": seed})
 
 
@@ -270,8 +291,15 @@ def _encode_text(run: StageRun) -> None:
     data = cascade.embeds_to_bytes(embeds)
     key = embeddings_key(run.job_id)
     _store().put(key, data, "application/octet-stream")
-    run.artifacts.append(dict(index=0, key=key, content_type="application/octet-stream",
-                              size_bytes=len(data), sha256=hashlib.sha256(data).hexdigest()))
+    run.artifacts.append(
+        dict(
+            index=0,
+            key=key,
+            content_type="application/octet-stream",
+            size_bytes=len(data),
+            sha256=hashlib.sha256(data).hexdigest(),
+        )
+    )
     run.outputs.append({"index": 0, "key": key})
     report(1.0)
 
@@ -286,12 +314,16 @@ def _base(run: StageRun) -> None:
     params = run.input["stages"][run.stage]
     seed = int(run.input["seed"])
     images = cascade.run_base(
-        pipes, embeds, num_images=int(run.input["num_images"]), seed=seed, steps=int(params["steps"]),
-        guidance_scale=float(params["guidance_scale"]), on_progress=progress_reporter(run),
+        pipes,
+        embeds,
+        num_images=int(run.input["num_images"]),
+        seed=seed,
+        steps=int(params["steps"]),
+        guidance_scale=float(params["guidance_scale"]),
+        on_progress=progress_reporter(run),
     )
     for index, image in enumerate(images):
-        _store_png(run, index, cascade.image_to_png(image), width=image.width, height=image.height,
-                   seed=seed + index)
+        _store_png(run, index, cascade.image_to_png(image), width=image.width, height=image.height, seed=seed + index)
 
 
 def _super_resolve(run: StageRun) -> None:
@@ -304,18 +336,24 @@ def _super_resolve(run: StageRun) -> None:
     store = _store()
     embeds = cascade.embeds_from_bytes(store.get(embeddings_key(run.job_id)))
     num_images = int(run.input["num_images"])
-    low_res = [cascade.png_to_image(store.get(image_key(run.job_id, run.previous_stage, i)))
-               for i in range(num_images)]
+    low_res = [cascade.png_to_image(store.get(image_key(run.job_id, run.previous_stage, i))) for i in range(num_images)]
     params = run.input["stages"][run.stage]
     seed = int(run.input["seed"])
     images = cascade.run_sr(
-        pipes, run.stage, low_res, embeds, run.input["prompt"], run.input.get("negative_prompt"),
-        seed=seed, steps=int(params["steps"]), guidance_scale=float(params["guidance_scale"]),
-        noise_level=int(params["noise_level"]), on_progress=progress_reporter(run),
+        pipes,
+        run.stage,
+        low_res,
+        embeds,
+        run.input["prompt"],
+        run.input.get("negative_prompt"),
+        seed=seed,
+        steps=int(params["steps"]),
+        guidance_scale=float(params["guidance_scale"]),
+        noise_level=int(params["noise_level"]),
+        on_progress=progress_reporter(run),
     )
     for index, image in enumerate(images):
-        _store_png(run, index, cascade.image_to_png(image), width=image.width, height=image.height,
-                   seed=seed + index)
+        _store_png(run, index, cascade.image_to_png(image), width=image.width, height=image.height, seed=seed + index)
 
 
 # Stages are retried by hand (self.retry) on transient errors only; a redelivered message after a

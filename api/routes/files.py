@@ -24,5 +24,4 @@ def read_file(
         path = store.file_path(key)
     except (InvalidKey, ObjectNotFound):
         raise NotFound(f"no object {key!r}") from None
-    return FileResponse(path, media_type=store.content_type(key),
-                        headers={"Cache-Control": "private, max-age=3600"})
+    return FileResponse(path, media_type=store.content_type(key), headers={"Cache-Control": "private, max-age=3600"})

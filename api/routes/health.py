@@ -38,5 +38,6 @@ def read_readiness(session: SessionDep, store: StoreDep) -> JSONResponse:
     except Exception as exc:
         checks["storage"] = f"error: {type(exc).__name__}: {exc}"
     ready = all(v == "ok" for v in checks.values())
-    return JSONResponse({"status": "ready" if ready else "unavailable", "checks": checks},
-                        status_code=200 if ready else 503)
+    return JSONResponse(
+        {"status": "ready" if ready else "unavailable", "checks": checks}, status_code=200 if ready else 503
+    )

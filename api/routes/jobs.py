@@ -1,6 +1,7 @@
 """/v1/jobs: submit, read, list, cancel and retry jobs."""
 
 import uuid
+from contextlib import suppress
 
 from fastapi import APIRouter, Query, status
 from redis.exceptions import RedisError
@@ -30,8 +31,9 @@ def _job_or_404(session: Session, job_id: str, key: CurrentKey, *, for_update: b
 
 
 @router.post("", status_code=status.HTTP_202_ACCEPTED, response_model=JobPublic)
-def create_job(body: JobCreate, key: CurrentKey, session: SessionDep, store: StoreDep,
-               settings: SettingsDep) -> JobPublic:
+def create_job(
+    body: JobCreate, key: CurrentKey, session: SessionDep, store: StoreDep, settings: SettingsDep
+) -> JobPublic:
     """Record a job and enqueue its first stage."""
     job = create_generate_job(session, key=key, body=body, preset=get_preset(settings.model_preset))
     session.commit()
@@ -54,49 +56,41 @@ def list_jobs(
     jobs, next_cursor = job_queries.list_jobs(
         session, tenant_id=key.tenant_id, status=status, kind=kind, limit=limit, cursor=cursor
     )
-    return JobList(items=[JobPublic.from_row(j, store, settings.presign_ttl_s) for j in jobs],
-                   next_cursor=next_cursor)
+    return JobList(items=[JobPublic.from_row(j, store, settings.presign_ttl_s) for j in jobs], next_cursor=next_cursor)
 
 
 @router.get("/{job_id}", response_model=JobPublic)
-def read_job(job_id: str, key: CurrentKey, session: SessionDep, store: StoreDep,
-             settings: SettingsDep) -> JobPublic:
+def read_job(job_id: str, key: CurrentKey, session: SessionDep, store: StoreDep, settings: SettingsDep) -> JobPublic:
     """One job, with its stages and, once it succeeded, its images."""
     return JobPublic.from_row(_job_or_404(session, job_id, key), store, settings.presign_ttl_s)
 
 
 @router.post("/{job_id}/cancel", response_model=JobPublic)
-def cancel_job(job_id: str, key: CurrentKey, session: SessionDep, store: StoreDep,
-               settings: SettingsDep) -> JobPublic:
+def cancel_job(job_id: str, key: CurrentKey, session: SessionDep, store: StoreDep, settings: SettingsDep) -> JobPublic:
     """Cancel now, or as soon as the running stage notices."""
     job = _job_or_404(session, job_id, key, for_update=True)
     job_queries.request_cancel(job)
     session.commit()
     if job.cancel_requested:
-        try:
+        # The stage's progress callback reads the flag from the row as well; Redis only makes it cheap.
+        with suppress(RedisError):
             get_redis().set(cancel_key(job.id), "1", ex=86_400)
-        except RedisError:
-            pass  # the stage's progress callback reads the flag from the row as well
     return JobPublic.from_row(job, store, settings.presign_ttl_s)
 
 
 @router.post("/{job_id}/retry", response_model=JobPublic)
-def retry_job(job_id: str, key: CurrentKey, session: SessionDep, store: StoreDep,
-              settings: SettingsDep) -> JobPublic:
+def retry_job(job_id: str, key: CurrentKey, session: SessionDep, store: StoreDep, settings: SettingsDep) -> JobPublic:
     """Queue a failed or canceled job again from its first unfinished stage."""
     job = _job_or_404(session, job_id, key, for_update=True)
     if job.status not in (JobStatus.FAILED, JobStatus.CANCELED):
-        raise Conflict(f"only failed or canceled jobs can be retried; this one is {job.status}",
-                       field="status")
+        raise Conflict(f"only failed or canceled jobs can be retried; this one is {job.status}", field="status")
     job_queries.reset_for_retry(job)
     job_queries.bump_dispatch(job)
     first = job_queries.first_unfinished_stage(job)
     if first is not None:
         first.queued_at = job_queries.now()
     session.commit()
-    try:
+    with suppress(RedisError):
         get_redis().delete(cancel_key(job.id))
-    except RedisError:
-        pass
     enqueue_committed(session, job)
     return JobPublic.from_row(job, store, settings.presign_ttl_s)

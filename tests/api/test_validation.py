@@ -22,8 +22,12 @@ CASES = [
     ("steps 0", _body(stages={"base": {"steps": 0}}), 422, "input.stages.base.steps"),
     ("steps 10000", _body(stages={"sr256": {"steps": 10000}}), 422, "input.stages.sr256.steps"),
     ("guidance -1", _body(stages={"base": {"guidance_scale": -1}}), 422, "input.stages.base.guidance_scale"),
-    ("noise level above the x4 upscaler's", _body(stages={"sr1024": {"noise_level": 900}}), 422,
-     "input.stages.sr1024.noise_level"),
+    (
+        "noise level above the x4 upscaler's",
+        _body(stages={"sr1024": {"noise_level": 900}}),
+        422,
+        "input.stages.sr1024.noise_level",
+    ),
     ("resolution 512", _body(resolution=512), 422, "input.resolution"),
     ("num_images 50", _body(num_images=50), 422, "input.num_images"),
     ("negative seed", _body(seed=-1), 422, "input.seed"),
@@ -36,8 +40,7 @@ CASES = [
 
 
 @pytest.mark.parametrize(("name", "body", "status", "field"), CASES, ids=[c[0] for c in CASES])
-def test_bad_input_names_the_field(client: Client, name: str, body: dict[str, Any], status: int,
-                                   field: str) -> None:
+def test_bad_input_names_the_field(client: Client, name: str, body: dict[str, Any], status: int, field: str) -> None:
     response = client.http.post("/v1/jobs", json=body)
     assert response.status_code == status, response.text
     error = response.json()["error"]
@@ -47,8 +50,9 @@ def test_bad_input_names_the_field(client: Client, name: str, body: dict[str, An
 
 
 def test_malformed_json_is_a_400(client: Client) -> None:
-    response = client.http.post("/v1/jobs", content=b'{"kind": "generate", "input": {',
-                                headers={"Content-Type": "application/json"})
+    response = client.http.post(
+        "/v1/jobs", content=b'{"kind": "generate", "input": {', headers={"Content-Type": "application/json"}
+    )
     assert response.status_code == 400
     assert response.json()["error"]["code"] == "malformed_json"
 

@@ -45,13 +45,18 @@ def test_killed_worker_mid_stage_job_still_succeeds_without_duplicate_outputs(
 
     stages = {s["name"]: s for s in job["stages"]}
     assert stages["sr_256"]["attempts"] == 2, "the killed attempt and the one that finished"
-    assert stages["encode_text"]["attempts"] == 1 and stages["base_64"]["attempts"] == 1, \
+    assert stages["encode_text"]["attempts"] == 1 and stages["base_64"]["attempts"] == 1, (
         "stages that had finished before the kill are not run again"
+    )
     assert stages["sr_1024"]["attempts"] == 1
-    expected = sorted([
-        f"jobs/{job['id']}/text/embeds.safetensors", f"jobs/{job['id']}/base_64/0.png",
-        f"jobs/{job['id']}/sr_256/0.png", f"jobs/{job['id']}/sr_1024/0.png",
-    ])
+    expected = sorted(
+        [
+            f"jobs/{job['id']}/text/embeds.safetensors",
+            f"jobs/{job['id']}/base_64/0.png",
+            f"jobs/{job['id']}/sr_256/0.png",
+            f"jobs/{job['id']}/sr_1024/0.png",
+        ]
+    )
     assert object_keys(s3, job["id"]) == expected
     assert _artifact_rows(job["id"]) == [("base_64", 0), ("encode_text", 0), ("sr_1024", 0), ("sr_256", 0)]
 
@@ -74,8 +79,9 @@ def test_restarted_broker_loses_no_job(system: System, client: Client, restore_w
         job = client.wait(job_id, timeout_s=120)
         assert job["status"] == "succeeded", job
         assert [s["attempts"] for s in job["stages"]] == [1, 1]
-    wait_until(lambda: httpx.get(f"{system.api_url}/readyz", timeout=10).status_code == 200, 30,
-               "the API to be ready again")
+    wait_until(
+        lambda: httpx.get(f"{system.api_url}/readyz", timeout=10).status_code == 200, 30, "the API to be ready again"
+    )
 
 
 def test_stage_that_keeps_dying_fails_the_job_with_its_reason(

@@ -53,12 +53,14 @@ def test_generate_job_runs_the_whole_cascade(client: Client, s3: Minio) -> None:
     assert (final["width"], final["height"], final["seed"]) == (1024, 1024, 7)
     assert Image.open(io.BytesIO(_png(final["url"]))).size == (1024, 1024)
 
-    assert object_keys(s3, job["id"]) == sorted([
-        f"jobs/{job['id']}/text/embeds.safetensors",
-        f"jobs/{job['id']}/base_64/0.png",
-        f"jobs/{job['id']}/sr_256/0.png",
-        f"jobs/{job['id']}/sr_1024/0.png",
-    ])
+    assert object_keys(s3, job["id"]) == sorted(
+        [
+            f"jobs/{job['id']}/text/embeds.safetensors",
+            f"jobs/{job['id']}/base_64/0.png",
+            f"jobs/{job['id']}/sr_256/0.png",
+            f"jobs/{job['id']}/sr_1024/0.png",
+        ]
+    )
 
 
 def test_resolution_256_stops_after_stage_two_and_seeds_reproduce(client: Client) -> None:
@@ -114,8 +116,10 @@ def test_list_jobs_pages_newest_first(client: Client) -> None:
     assert rest["items"][0]["id"] == ids[0]
     for job_id in ids:
         client.wait(job_id)
-    assert all(j["kind"] == "generate" for j in
-               client.http.get("/v1/jobs", params={"status": "succeeded", "limit": 100}).json()["items"])
+    assert all(
+        j["kind"] == "generate"
+        for j in client.http.get("/v1/jobs", params={"status": "succeeded", "limit": 100}).json()["items"]
+    )
 
 
 def test_another_tenants_job_is_a_404(client: Client, other_client: Client) -> None:
@@ -145,8 +149,9 @@ def test_a_canceled_job_retried_resumes_from_its_first_unfinished_stage(client: 
     assert retried.json()["status"] == "queued"
     running = client.wait_stage(job["id"], "sr_256", min_progress=0.01)
     stages = {s["name"]: s for s in running["stages"]}
-    assert stages["encode_text"]["attempts"] == 1 and stages["base_64"]["attempts"] == 1, \
+    assert stages["encode_text"]["attempts"] == 1 and stages["base_64"]["attempts"] == 1, (
         "finished stages are not run again"
+    )
     assert stages["sr_256"]["attempts"] == 1, "a retry starts with fresh attempts"
     client.http.post(f"/v1/jobs/{job['id']}/cancel")
     assert client.wait(job["id"])["status"] == "canceled"
