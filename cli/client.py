@@ -70,18 +70,30 @@ class ApiClient:
         path.write_bytes(response.content)
 
 
-def _print_progress(job: dict[str, Any]) -> None:
-    parts = [f"{s['name']} {s['status']} {int(s['progress'] * 100):3d}%" for s in job["stages"]]
-    sys.stderr.write("\r" + " | ".join(parts) + " " * 4)
-    sys.stderr.flush()
+class _ProgressLine:
+    """One line of per-stage progress: redrawn in place on a terminal, printed on change otherwise."""
+
+    def __init__(self) -> None:
+        self.last = ""
+        self.tty = sys.stderr.isatty()
+
+    def __call__(self, job: dict[str, Any]) -> None:
+        line = " | ".join(f"{s['name']} {s['status']} {int(s['progress'] * 100):3d}%" for s in job["stages"])
+        if line == self.last:
+            return
+        self.last = line
+        sys.stderr.write(f"\r{line}    " if self.tty else f"{line}\n")
+        sys.stderr.flush()
 
 
 def generate(client: ApiClient, body: dict[str, Any], out_dir: Path, timeout_s: float) -> int:
     """Submit a generate job, wait for it and save every stage's images; the exit status."""
     job = client.submit(body)
     print(f"job {job['id']} {job['status']}", file=sys.stderr)
-    job = client.wait(job["id"], timeout_s, on_update=_print_progress)
-    sys.stderr.write("\n")
+    progress = _ProgressLine()
+    job = client.wait(job["id"], timeout_s, on_update=progress)
+    if progress.tty:
+        sys.stderr.write("\n")
     if job["status"] != "succeeded":
         print(f"job {job['id']} {job['status']}: {job.get('error') or ''}", file=sys.stderr)
         return 1

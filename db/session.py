@@ -11,10 +11,10 @@ from core.config import get_settings
 
 
 @lru_cache
-def get_engine(url: str | None = None) -> Engine:
-    """One pooled engine per URL and process (created lazily, after any fork)."""
+def get_engine() -> Engine:
+    """The process's pooled engine for ``IMAGEN_DATABASE_URL`` (created lazily, after any fork)."""
     return create_engine(
-        url or get_settings().database_url,
+        get_settings().database_url,
         pool_pre_ping=True,
         pool_size=5,
         max_overflow=10,
@@ -23,8 +23,8 @@ def get_engine(url: str | None = None) -> Engine:
 
 
 @lru_cache
-def _session_factory(url: str | None = None) -> sessionmaker[Session]:
-    return sessionmaker(get_engine(url), expire_on_commit=False)
+def _session_factory() -> sessionmaker[Session]:
+    return sessionmaker(get_engine(), expire_on_commit=False)
 
 
 @contextmanager

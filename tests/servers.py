@@ -68,7 +68,7 @@ class S3Server:
             except httpx.TransportError:
                 return False
 
-        wait_until(answers, 30, "the S3 server")
+        wait_until(answers, 90, "the S3 server")
 
     def stop(self) -> None:
         if self.process is not None:
