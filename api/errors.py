@@ -1,5 +1,6 @@
 """Turn domain and validation errors into the contract's JSON error body."""
 
+from collections.abc import Mapping
 from typing import Any
 
 from fastapi import FastAPI, Request
@@ -7,17 +8,31 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from core.errors import Conflict, DomainError, Forbidden, InvalidInput, NotFound, Unauthorized
+from core.errors import Conflict, DomainError, Forbidden, InvalidInput, NotFound, ServiceUnavailable, Unauthorized
 
-_STATUS = {NotFound: 404, Conflict: 409, InvalidInput: 422, Unauthorized: 401, Forbidden: 403}
+_STATUS = {NotFound: 404, Conflict: 409, InvalidInput: 422, Unauthorized: 401, Forbidden: 403, ServiceUnavailable: 503}
 
 
 def error_body(code: str, message: str, field: str | None = None) -> dict[str, Any]:
     return {"error": {"code": code, "message": message, "field": field}}
 
 
-def _field_of(loc: tuple[Any, ...]) -> str | None:
-    parts = [str(p) for p in loc if p not in ("body", "query", "path", "header")]
+_LOCATIONS = ("body", "query", "path", "header")
+_JOB_KINDS = ("generate", "caption", "index")
+
+
+def _field_of(error: Mapping[str, Any]) -> str | None:
+    """The request field an error is about, as the client wrote it.
+
+    Pydantic puts the member of a union it tried into the location (a job kind, a model's name); the
+    client never wrote those.
+    """
+    loc = [str(p) for p in error.get("loc", ()) if p not in _LOCATIONS]
+    if error.get("type") in ("union_tag_invalid", "union_tag_not_found"):
+        return ".".join([*loc, "kind"])
+    if loc and loc[0] in _JOB_KINDS:  # the body's top level has no field named like a kind
+        loc = loc[1:]
+    parts = [p for p in loc if not (p[:1].isupper() or "[" in p)]
     return ".".join(parts) or None
 
 
@@ -39,7 +54,7 @@ async def _validation_error(_: Request, exc: Exception) -> JSONResponse:
             error_body("malformed_json", f"the request body is not valid JSON: {detail}".rstrip(": "), "body"),
             status_code=400,
         )
-    field = _field_of(tuple(first.get("loc", ())))
+    field = _field_of(first)
     message = str(first.get("msg", "invalid value"))
     if first.get("type") == "extra_forbidden":
         message = "unknown field"

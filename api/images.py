@@ -25,6 +25,7 @@ MAX_IMAGE_BYTES = 20 * 1024 * 1024
 MAX_BASE64_CHARS = math.ceil(MAX_IMAGE_BYTES * 4 / 3) + 4
 MAX_SIDE = 8192
 MAX_PIXELS = 40_000_000
+MAX_ASPECT = 20
 URL_TIMEOUT_S = 10.0
 
 # Pillow warns past MAX_IMAGE_PIXELS and refuses past twice that, when it reads the header and before
@@ -130,6 +131,11 @@ def decode_image_bytes(data: bytes) -> ImageInfo:
         width, height = img.size
         if width > MAX_SIDE or height > MAX_SIDE or width * height > MAX_PIXELS:
             raise InvalidImage(_too_large_message((width, height)))
+        if max(width, height) > MAX_ASPECT * min(width, height):
+            # The models resize to a square: a sliver would be stretched into noise.
+            raise InvalidImage(
+                f"{width}x{height} is too elongated; the long side may be at most {MAX_ASPECT}x the short"
+            )
         # Image.open read the header only; decoding the pixels finds truncated and corrupt files
         # (as long as ImageFile.LOAD_TRUNCATED_IMAGES stays False, its default).
         try:

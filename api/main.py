@@ -7,7 +7,7 @@ from fastapi import FastAPI
 
 from api.deps import process_store
 from api.errors import install_error_handlers
-from api.routes import files, health, jobs
+from api.routes import files, health, jobs, search
 
 
 @asynccontextmanager
@@ -27,6 +27,7 @@ def create_app() -> FastAPI:
     install_error_handlers(app)
     app.include_router(health.router)
     app.include_router(jobs.router)
+    app.include_router(search.router)
     app.include_router(files.router)
     return app
 

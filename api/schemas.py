@@ -3,15 +3,22 @@
 import json
 import uuid
 from datetime import datetime
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from api.images import ImageInput
 from db.models import Job, JobStage, JobStatus, StageStatus
 from storage.object_store import ObjectStore
 
 MAX_PROMPT_CHARS = 2000
 MAX_METADATA_BYTES = 16_384
+
+
+def _not_blank(value: str | None) -> str | None:
+    if value is not None and not value.strip():
+        raise ValueError("must contain some text, not only whitespace")
+    return value
 
 
 class _Strict(BaseModel):
@@ -56,19 +63,31 @@ class GenerateInput(_Strict):
     caption: bool = False
     index: bool = False
 
-    @field_validator("prompt")
-    @classmethod
-    def _prompt_has_text(cls, value: str) -> str:
-        if not value.strip():
-            raise ValueError("must contain some text, not only whitespace")
-        return value
+    _prompt_has_words = field_validator("prompt")(classmethod(lambda cls, v: _not_blank(v)))
 
 
-class JobCreate(_Strict):
-    """The body of ``POST /v1/jobs``."""
+COLLECTION_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$"
 
-    kind: Literal["generate"]
-    input: GenerateInput
+
+class CaptionInput(_Strict):
+    """An image to describe in words (GIT)."""
+
+    image: ImageInput
+    max_new_tokens: int = Field(default=30, ge=1, le=100)
+    num_beams: int = Field(default=1, ge=1, le=8)
+
+
+class IndexInput(_Strict):
+    """An image (and optional text) to add to the tenant's search index."""
+
+    image: ImageInput
+    text: str | None = Field(default=None, min_length=1, max_length=MAX_PROMPT_CHARS)
+    collection: str = Field(default="default", pattern=COLLECTION_PATTERN)
+
+    _text_has_words = field_validator("text")(classmethod(lambda cls, v: _not_blank(v)))
+
+
+class _JobCreateBase(_Strict):
     priority: int = Field(default=5, ge=0, le=9, description="0..9; 9 runs first")
     metadata: dict[str, Any] = Field(default_factory=dict)
 
@@ -81,12 +100,59 @@ class JobCreate(_Strict):
         return value
 
 
+class GenerateJobCreate(_JobCreateBase):
+    kind: Literal["generate"]
+    input: GenerateInput
+
+
+class CaptionJobCreate(_JobCreateBase):
+    kind: Literal["caption"]
+    input: CaptionInput
+
+
+class IndexJobCreate(_JobCreateBase):
+    kind: Literal["index"]
+    input: IndexInput
+
+
+JOB_KINDS = ("generate", "caption", "index")
+
+# The body of ``POST /v1/jobs``: the kind selects the input's schema.
+JobCreate = Annotated[GenerateJobCreate | CaptionJobCreate | IndexJobCreate, Field(discriminator="kind")]
+
+
+class SearchRequest(_Strict):
+    """The body of ``POST /v1/search``: a text or an image query."""
+
+    text: str | None = Field(default=None, min_length=1, max_length=MAX_PROMPT_CHARS)
+    image: ImageInput | None = None
+
+    _text_has_words = field_validator("text")(classmethod(lambda cls, v: _not_blank(v)))
+    collection: str = Field(default="default", pattern=COLLECTION_PATTERN)
+    k: int = Field(default=10, ge=1, le=100)
+
+
+class SearchResult(BaseModel):
+    score: float
+    image_url: str
+    job_id: uuid.UUID
+    caption: str | None
+    text: str | None
+    metadata: dict[str, Any]
+
+
+class SearchResponse(BaseModel):
+    results: list[SearchResult]
+
+
 class OutputFile(BaseModel):
     index: int
-    url: str
+    url: str | None = None
     width: int | None = None
     height: int | None = None
     seed: int | None = None
+    caption: str | None = None
+    embedding_id: uuid.UUID | None = None
 
 
 class StagePublic(BaseModel):
@@ -107,10 +173,15 @@ class ImagePublic(BaseModel):
     width: int | None
     height: int | None
     seed: int | None
+    caption: str | None = None
 
 
 class JobOutput(BaseModel):
-    images: list[ImagePublic]
+    """What a finished job produced: images (generate), a caption (caption) or an index entry (index)."""
+
+    images: list[ImagePublic] | None = None
+    caption: str | None = None
+    embedding_id: uuid.UUID | None = None
 
 
 class JobPublic(BaseModel):
@@ -134,12 +205,7 @@ class JobPublic(BaseModel):
     def from_row(cls, job: Job, store: ObjectStore, ttl_s: int) -> "JobPublic":
         """The public view of a job row, with fresh presigned URLs for its images."""
         stages = [_stage_public(stage, store, ttl_s) for stage in job.stages]
-        output = None
-        if job.status == JobStatus.SUCCEEDED and stages:
-            last = stages[-1]
-            output = JobOutput(
-                images=[ImagePublic(url=o.url, width=o.width, height=o.height, seed=o.seed) for o in last.outputs]
-            )
+        output = _output(job, stages) if job.status == JobStatus.SUCCEEDED else None
         return cls(
             id=job.id,
             kind=job.kind,
@@ -157,14 +223,32 @@ class JobPublic(BaseModel):
         )
 
 
+def _output(job: Job, stages: list[StagePublic]) -> JobOutput:
+    by_name = {stage.name: stage for stage in stages}
+    if job.kind == "caption":
+        return JobOutput(caption=by_name["caption"].outputs[0].caption)
+    if job.kind == "index":
+        return JobOutput(embedding_id=by_name["embed"].outputs[0].embedding_id)
+    captions = {o.index: o.caption for o in by_name["caption"].outputs} if "caption" in by_name else {}
+    final = [stage for stage in stages if stage.outputs and stage.outputs[0].width is not None][-1]
+    return JobOutput(
+        images=[
+            ImagePublic(url=o.url or "", width=o.width, height=o.height, seed=o.seed, caption=captions.get(o.index))
+            for o in final.outputs
+        ]
+    )
+
+
 def _stage_public(stage: JobStage, store: ObjectStore, ttl_s: int) -> StagePublic:
     outputs = [
         OutputFile(
             index=o["index"],
-            url=store.presigned_url(o["key"], ttl_s),
+            url=store.presigned_url(o["key"], ttl_s) if "key" in o else None,
             width=o.get("width"),
             height=o.get("height"),
             seed=o.get("seed"),
+            caption=o.get("caption"),
+            embedding_id=o.get("embedding_id"),
         )
         for o in stage.outputs
     ]

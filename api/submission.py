@@ -1,24 +1,25 @@
 """Turn a validated request into a job row, and a committed job into a chain on the broker."""
 
 import secrets
+import uuid
 from typing import Any
 
+from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from api.schemas import GenerateInput, JobCreate
+from api.images import ImageInput, resolve_image
+from api.schemas import CaptionJobCreate, GenerateInput, GenerateJobCreate, JobCreate
+from core.config import Settings
 from core.errors import InvalidInput
 from db import jobs as job_queries
-from db.models import ApiKey, Job
-from workers.dispatch import REQUEST_STAGE_KEYS, enqueue_cascade, generate_stages
+from db.models import ApiKey, Artifact, Job
+from storage.object_store import ObjectStore
+from workers.dispatch import CAPTION, EMBED, REQUEST_STAGE_KEYS, STAGE_TASKS, enqueue_cascade, generate_stages
 from workers.presets import Preset
 
 
 def resolve_generate_input(data: GenerateInput, preset: Preset) -> dict[str, Any]:
     """The input as it will run: every stage's parameters filled in and checked, the seed fixed."""
-    if data.caption:
-        raise InvalidInput("captioning generated images is not available on this server yet", field="input.caption")
-    if data.index:
-        raise InvalidInput("indexing generated images is not available on this server yet", field="input.index")
     resolutions = [spec.resolution for spec in preset.stages]
     if data.resolution not in resolutions:
         raise InvalidInput(
@@ -61,16 +62,80 @@ def resolve_generate_input(data: GenerateInput, preset: Preset) -> dict[str, Any
     }
 
 
-def create_generate_job(session: Session, *, key: ApiKey, body: JobCreate, preset: Preset) -> Job:
-    """Insert the job and its stage rows (not committed)."""
-    resolved = resolve_generate_input(body.input, preset)
+def image_artifact_key(
+    session: Session, *, tenant_id: uuid.UUID, job_id: uuid.UUID, stage: str, index: int
+) -> str | None:
+    """The object key of an image one of the tenant's jobs produced, or None."""
+    return session.scalar(
+        select(Artifact.key)
+        .join(Job, Job.id == Artifact.job_id)
+        .where(
+            Job.tenant_id == tenant_id,
+            Artifact.job_id == job_id,
+            Artifact.stage == stage,
+            Artifact.index == index,
+            Artifact.content_type.like("image/%"),
+        )
+    )
+
+
+def resolve_image_input(
+    session: Session, image: ImageInput, *, key: ApiKey, store: ObjectStore, settings: Settings, field: str
+) -> dict[str, Any]:
+    """Store (or find) the image a request names; what the job's input records of it."""
+    stored = resolve_image(
+        image,
+        store=store,
+        allow_private=settings.webhook_allow_private,
+        find_artifact=lambda job_id, stage, index: image_artifact_key(
+            session, tenant_id=key.tenant_id, job_id=job_id, stage=stage, index=index
+        ),
+        field=field,
+    )
+    source = next(name for name in ("base64", "url", "artifact") if getattr(image, name, None) is not None)
+    return {
+        "key": stored.key,
+        "sha256": stored.sha256,
+        "width": stored.width,
+        "height": stored.height,
+        "mime": stored.mime,
+        "source": source,
+    }
+
+
+def create_job_row(
+    session: Session, *, key: ApiKey, body: JobCreate, preset: Preset, store: ObjectStore, settings: Settings
+) -> Job:
+    """Validate the request against the preset, store its image if any, insert the job (not committed)."""
+    stages: list[tuple[str, str]]
+    if isinstance(body, GenerateJobCreate):
+        resolved = resolve_generate_input(body.input, preset)
+        stages = generate_stages(preset, resolved["resolution"], caption=body.input.caption, index=body.input.index)
+    elif isinstance(body, CaptionJobCreate):
+        resolved = {
+            "image": resolve_image_input(
+                session, body.input.image, key=key, store=store, settings=settings, field="input.image"
+            ),
+            "max_new_tokens": body.input.max_new_tokens,
+            "num_beams": body.input.num_beams,
+        }
+        stages = [(CAPTION, STAGE_TASKS[CAPTION][1])]
+    else:
+        resolved = {
+            "image": resolve_image_input(
+                session, body.input.image, key=key, store=store, settings=settings, field="input.image"
+            ),
+            "text": body.input.text,
+            "collection": body.input.collection,
+        }
+        stages = [(EMBED, STAGE_TASKS[EMBED][1])]
     job = job_queries.create_job(
         session,
         tenant_id=key.tenant_id,
         kind=body.kind,
         preset=preset.name,
         input=resolved,
-        stages=generate_stages(preset, resolved["resolution"]),
+        stages=stages,
         priority=body.priority,
         meta=body.metadata,
     )

@@ -64,6 +64,9 @@ class ApiClient:
                 raise SystemExit(f"job {job_id} did not finish within {timeout_s:.0f} s (still {job['status']})")
             time.sleep(0.3)
 
+    def search(self, body: dict[str, Any]) -> dict[str, Any]:
+        return self._check(self.http.post("/v1/search", json=body))
+
     def download(self, url: str, path: Path) -> None:
         response = httpx.get(url, timeout=60)
         response.raise_for_status()
@@ -106,4 +109,24 @@ def generate(client: ApiClient, body: dict[str, Any], out_dir: Path, timeout_s: 
             path = folder / f"{stage['name']}_{output['index']}.png"
             client.download(output["url"], path)
             print(f"{path}  ({output['width']}x{output['height']}, seed {output['seed']})")
+    for image in job["output"]["images"]:
+        if image.get("caption"):
+            print(f"caption (seed {image['seed']}): {image['caption']}")
     return 0
+
+
+def image_field(path: Path) -> dict[str, str]:
+    """An IMAGE input carrying a local file's bytes."""
+    import base64
+
+    return {"base64": base64.b64encode(path.read_bytes()).decode()}
+
+
+def run_job(client: ApiClient, body: dict[str, Any], timeout_s: float) -> dict[str, Any] | None:
+    """Submit a job and wait for it; None (reported) if it did not succeed."""
+    job = client.submit(body)
+    job = client.wait(job["id"], timeout_s)
+    if job["status"] != "succeeded":
+        print(f"job {job['id']} {job['status']}: {job.get('error') or ''}", file=sys.stderr)
+        return None
+    return job

@@ -4,6 +4,10 @@ import argparse
 import logging
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from cli.client import ApiClient
 
 from workers.celery_app import QUEUES
 
@@ -63,11 +67,9 @@ def _cmd_build_tiny(args: argparse.Namespace) -> int:
 
 
 def _cmd_generate(args: argparse.Namespace) -> int:
-    from cli.client import ApiClient, generate, resolve_api_key
-    from core.config import get_settings
+    from cli.client import generate
 
-    settings = get_settings()
-    client = ApiClient(args.api_url or settings.public_url, resolve_api_key(settings, args.api_key))
+    client = _client(args)
     body: dict[str, object] = {
         "kind": "generate",
         "input": {"prompt": args.prompt, "num_images": args.num_images, "resolution": args.resolution},
@@ -76,7 +78,66 @@ def _cmd_generate(args: argparse.Namespace) -> int:
         body["input"]["seed"] = args.seed  # type: ignore[index]
     if args.negative_prompt:
         body["input"]["negative_prompt"] = args.negative_prompt  # type: ignore[index]
+    if args.caption:
+        body["input"]["caption"] = True  # type: ignore[index]
+    if args.index:
+        body["input"]["index"] = True  # type: ignore[index]
     return generate(client, body, Path(args.out), args.timeout)
+
+
+def _client(args: argparse.Namespace) -> "ApiClient":
+    from cli.client import ApiClient, resolve_api_key
+    from core.config import get_settings
+
+    settings = get_settings()
+    return ApiClient(args.api_url or settings.public_url, resolve_api_key(settings, args.api_key))
+
+
+def _cmd_caption(args: argparse.Namespace) -> int:
+    from cli.client import image_field, run_job
+
+    body = {
+        "kind": "caption",
+        "input": {"image": image_field(args.image), "max_new_tokens": args.max_new_tokens, "num_beams": args.num_beams},
+    }
+    job = run_job(_client(args), body, args.timeout)
+    if job is None:
+        return 1
+    print(job["output"]["caption"])
+    return 0
+
+
+def _cmd_index(args: argparse.Namespace) -> int:
+    from cli.client import image_field, run_job
+
+    body: dict[str, Any] = {"kind": "index", "input": {"image": image_field(args.image), "collection": args.collection}}
+    if args.text:
+        body["input"]["text"] = args.text
+    job = run_job(_client(args), body, args.timeout)
+    if job is None:
+        return 1
+    print(f"indexed {args.image} in {args.collection!r}: {job['output']['embedding_id']}")
+    return 0
+
+
+def _cmd_search(args: argparse.Namespace) -> int:
+    from cli.client import image_field
+
+    body: dict[str, Any] = {"collection": args.collection, "k": args.k}
+    if args.image:
+        body["image"] = image_field(Path(args.query))
+    else:
+        body["text"] = args.query
+    for hit in _client(args).search(body)["results"]:
+        label = hit["caption"] or hit["text"] or ""
+        print(f"{hit['score']:.4f}  job {hit['job_id']}  {label}\n        {hit['image_url']}")
+    return 0
+
+
+def _add_client_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--api-url", default=None, help="default: IMAGEN_PUBLIC_URL")
+    parser.add_argument("--api-key", default=None, help="default: IMAGEN_API_KEY, else the embedded admin key")
+    parser.add_argument("--timeout", type=float, default=600)
 
 
 def _cmd_keys_create(args: argparse.Namespace) -> int:
@@ -135,10 +196,32 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument("--resolution", type=int, default=1024)
     gen.add_argument("--seed", type=int, default=None)
     gen.add_argument("--out", default="out")
-    gen.add_argument("--api-url", default=None)
-    gen.add_argument("--api-key", default=None)
-    gen.add_argument("--timeout", type=float, default=600)
+    gen.add_argument("--caption", action="store_true", help="also caption the final images")
+    gen.add_argument("--index", action="store_true", help="also add the final images to the search index")
+    _add_client_options(gen)
     gen.set_defaults(func=_cmd_generate)
+
+    cap = sub.add_parser("caption", help="caption an image file (a caption job)")
+    cap.add_argument("image", type=Path)
+    cap.add_argument("--max-new-tokens", type=int, default=30)
+    cap.add_argument("--num-beams", type=int, default=1)
+    _add_client_options(cap)
+    cap.set_defaults(func=_cmd_caption)
+
+    idx = sub.add_parser("index", help="add an image file to the search index (an index job)")
+    idx.add_argument("image", type=Path)
+    idx.add_argument("--text", default=None)
+    idx.add_argument("--collection", default="default")
+    _add_client_options(idx)
+    idx.set_defaults(func=_cmd_index)
+
+    find = sub.add_parser("search", help="search the index by text (or, with --image, by an image file)")
+    find.add_argument("query", help="the text, or with --image the path of an image file")
+    find.add_argument("--image", action="store_true")
+    find.add_argument("--collection", default="default")
+    find.add_argument("-k", type=int, default=10)
+    _add_client_options(find)
+    find.set_defaults(func=_cmd_search)
 
     keys = sub.add_parser("keys", help="API keys")
     keys_sub = keys.add_subparsers(dest="keys_command", required=True)

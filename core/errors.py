@@ -30,3 +30,9 @@ class Unauthorized(DomainError):
 
 class Forbidden(DomainError):
     code = "forbidden"
+
+
+class ServiceUnavailable(DomainError):
+    """A dependency (broker, workers) cannot serve the request right now; the client may retry."""
+
+    code = "unavailable"

@@ -1,9 +1,10 @@
-"""Tables: tenants, API keys, jobs, their stages and the artifacts they produced."""
+"""Tables: tenants, API keys, jobs, their stages and artifacts, and the search embeddings."""
 
 import enum
 import uuid
 from typing import Any
 
+from pgvector.sqlalchemy import Vector
 from sqlalchemy import (
     BigInteger,
     Boolean,
@@ -161,4 +162,34 @@ class Artifact(Base):
     width: Mapped[int | None] = mapped_column(Integer)
     height: Mapped[int | None] = mapped_column(Integer)
     seed: Mapped[int | None] = mapped_column(BigInteger)
+    created_at: Mapped[Created]
+
+
+class Embedding(Base):
+    """One indexed image in a tenant's collection: its vector in the embedder's space, and what it shows.
+
+    Vectors of different models (or dimensions) share the table but never a query: every search filters
+    on ``model`` and ``dim``, and each (model, dim) has its own partial HNSW index over
+    ``embedding::vector(dim)`` (see ``db.search.ensure_vector_index``).
+    """
+
+    __tablename__ = "embeddings"
+    __table_args__ = (
+        # A redelivered embed stage updates its row instead of adding a second one.
+        UniqueConstraint("job_id", "image_key", "collection"),
+        Index("ix_embeddings_scope", "tenant_id", "collection", "model", "dim"),
+    )
+
+    id: Mapped[UUIDPk]
+    tenant_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("tenants.id", ondelete="CASCADE"))
+    collection: Mapped[str] = mapped_column(String(64))
+    model: Mapped[str] = mapped_column(String(128))
+    dim: Mapped[int] = mapped_column(Integer)
+    embedding: Mapped[list[float]] = mapped_column(Vector())
+    text_embedding: Mapped[list[float] | None] = mapped_column(Vector())
+    job_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("jobs.id", ondelete="CASCADE"), index=True)
+    image_key: Mapped[str] = mapped_column(String(512))
+    caption: Mapped[str | None] = mapped_column(Text)
+    text: Mapped[str | None] = mapped_column(Text)
+    meta: Mapped[JSONDict] = mapped_column("metadata")
     created_at: Mapped[Created]

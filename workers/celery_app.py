@@ -9,6 +9,7 @@ from celery import Celery
 from kombu import Queue
 
 from core.config import get_settings
+from core.redis_client import result_backend_url
 
 # One queue per kind of work, so each GPU pool can serve only the stages that fit it.
 QUEUES = ("text", "base", "sr", "caption", "embed", "webhooks", "control")
@@ -17,6 +18,9 @@ TASK_ROUTES = {
     "imagen.encode_text": {"queue": "text"},
     "imagen.base": {"queue": "base"},
     "imagen.sr": {"queue": "sr"},
+    "imagen.caption": {"queue": "caption"},
+    "imagen.embed": {"queue": "embed"},
+    "imagen.embed_query": {"queue": "embed"},
     "imagen.finalize": {"queue": "control"},
     "imagen.sweep": {"queue": "control"},
 }
@@ -34,8 +38,11 @@ def create_app() -> Celery:
         task_routes=TASK_ROUTES,
         task_serializer="json",
         accept_content=["json"],
+        # Stages report through Postgres. Only the search query embedding answers its caller (the API)
+        # through a result, which expires quickly.
         task_ignore_result=True,
-        result_backend=None,
+        result_backend=result_backend_url(settings.redis_url),
+        result_expires=300,
         # A stage is acknowledged only when it finished, and handed back if its worker dies.
         task_acks_late=True,
         task_reject_on_worker_lost=True,

@@ -15,6 +15,8 @@ from workers.presets import Preset
 log = logging.getLogger(__name__)
 
 ENCODE_TEXT = "encode_text"
+CAPTION = "caption"
+EMBED = "embed"
 
 # Stage name -> (task name, queue). SR stages at every resolution share one task and queue.
 STAGE_TASKS = {
@@ -22,6 +24,8 @@ STAGE_TASKS = {
     "base_64": ("imagen.base", "base"),
     "sr_256": ("imagen.sr", "sr"),
     "sr_1024": ("imagen.sr", "sr"),
+    CAPTION: ("imagen.caption", "caption"),
+    EMBED: ("imagen.embed", "embed"),
 }
 FINALIZE_TASK = "imagen.finalize"
 
@@ -30,9 +34,13 @@ FINALIZE_TASK = "imagen.finalize"
 _PUBLISH_RETRY = {"max_retries": 2, "interval_start": 0.1, "interval_step": 0.2, "interval_max": 0.5}
 
 
-def generate_stages(preset: Preset, resolution: int) -> list[tuple[str, str]]:
-    """The (stage, queue) rows of a generate job: the text encoder, then the cascade up to ``resolution``."""
+def generate_stages(
+    preset: Preset, resolution: int, *, caption: bool = False, index: bool = False
+) -> list[tuple[str, str]]:
+    """The (stage, queue) rows of a generate job: the text encoder, the cascade up to ``resolution``, then
+    captioning and indexing of the final images when asked for."""
     names = [ENCODE_TEXT, *(spec.name for spec in preset.stages_up_to(resolution))]
+    names += [CAPTION] * caption + [EMBED] * index
     return [(name, STAGE_TASKS[name][1]) for name in names]
 
 

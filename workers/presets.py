@@ -1,8 +1,8 @@
-"""Model presets: which weights each cascade stage loads, and its default sampling parameters."""
+"""Model presets: which weights each cascade stage, the captioner and the embedder load, and their defaults."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import KW_ONLY, dataclass
 
 BASE_64 = "base_64"
 SR_256 = "sr_256"
@@ -39,8 +39,28 @@ class StageSpec:
 
 
 @dataclass(frozen=True)
+class ModelSpec:
+    """A single transformers model of a preset (the captioner): where its weights and processor come from."""
+
+    source: str
+
+
+@dataclass(frozen=True)
+class EmbedderSpec:
+    """The image/text embedding model of a preset, and how the vectors it makes are tagged when stored.
+
+    Vectors of different models live in unrelated spaces: `model_id` names the space, so that stored
+    vectors are only ever compared with vectors of the same model, and `dim` is their length.
+    """
+
+    source: str
+    model_id: str
+    dim: int
+
+
+@dataclass(frozen=True)
 class Preset:
-    """A named set of weights for the three-stage cascade.
+    """A named set of weights for the three-stage cascade, the captioner and the embedder.
 
     `local` presets are folders under the models dir made by `build_command`; the others are hub ids,
     read from a mirror folder of the same name under the models dir if there is one, else from the
@@ -52,6 +72,14 @@ class Preset:
     fp16_on_cuda: bool
     local: bool
     build_command: str | None = None
+    _: KW_ONLY
+    captioner: ModelSpec
+    embedder: EmbedderSpec
+
+    @property
+    def embedder_id(self) -> str:
+        """The tag of this preset's embedding space, stored beside every vector it makes."""
+        return self.embedder.model_id
 
     def stage(self, name: str) -> StageSpec:
         """The stage called `name`."""
@@ -100,6 +128,10 @@ TINY = Preset(
     fp16_on_cuda=False,
     local=True,
     build_command="imagen-queue models build-tiny",
+    captioner=ModelSpec("tiny/caption"),
+    # The version in the id changes whenever the tiny CLIP's weights do (see workers/tiny_models.py),
+    # so vectors indexed by an older build are never ranked against the new model's.
+    embedder=EmbedderSpec("tiny/embed", model_id="tiny-clip-1", dim=64),
 )
 
 DEEPFLOYD_IF = Preset(
@@ -138,6 +170,8 @@ DEEPFLOYD_IF = Preset(
     ),
     fp16_on_cuda=True,
     local=False,
+    captioner=ModelSpec("microsoft/git-base-coco"),
+    embedder=EmbedderSpec("openai/clip-vit-base-patch32", model_id="openai/clip-vit-base-patch32", dim=512),
 )
 
 PRESETS: dict[str, Preset] = {preset.name: preset for preset in (TINY, DEEPFLOYD_IF)}

@@ -5,6 +5,7 @@ generation; a task of an older generation (a broker redelivery racing the sweepe
 """
 
 import hashlib
+import io
 import logging
 import threading
 import time
@@ -13,6 +14,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from functools import lru_cache
+from pathlib import Path
 from typing import Any
 
 from celery import Task
@@ -56,11 +58,16 @@ class StageRun:
     """What a stage function needs about its job, read once when the stage is claimed."""
 
     job_id: uuid.UUID
+    tenant_id: uuid.UUID
+    kind: str
     stage: str
     stage_id: uuid.UUID
     preset: str
     input: dict[str, Any]
+    meta: dict[str, Any]
     previous_stage: str | None
+    # Earlier stages' recorded outputs, by stage name (captions feed the index, for one).
+    earlier_outputs: dict[str, list[dict[str, Any]]]
     outputs: list[dict[str, Any]] = field(default_factory=list)
     artifacts: list[dict[str, Any]] = field(default_factory=list)
 
@@ -119,11 +126,15 @@ def _claim(job_id: uuid.UUID, stage_name: str, seq: int) -> StageRun | None:
                 previous = job.stages[stage.position - 1].name if stage.position > 0 else None
                 run = StageRun(
                     job_id=job.id,
+                    tenant_id=job.tenant_id,
+                    kind=job.kind,
                     stage=stage_name,
                     stage_id=stage.id,
                     preset=job.preset,
                     input=dict(job.input),
+                    meta=dict(job.meta),
                     previous_stage=previous,
+                    earlier_outputs={s.name: list(s.outputs) for s in job.stages[: stage.position]},
                 )
     if stop or run is None:
         raise Ignore()
@@ -218,16 +229,21 @@ def progress_reporter(run: StageRun) -> Callable[[float], None]:
     return report
 
 
-def run_stage(task: Task, job_id: str, stage_name: str, seq: int, work: Callable[[StageRun], None]) -> None:
+def run_stage(
+    task: Task,
+    job_id: str,
+    stage_name: str,
+    seq: int,
+    work: Callable[[StageRun], None],
+    load: Callable[[str, Path], object],
+) -> None:
     """Claim, run, record: the life cycle every stage task shares."""
     jid = uuid.UUID(job_id)
     preset = _peek_preset(jid)
     if preset is None:
         raise Ignore()
     # Load the models before claiming, so a long first load is not mistaken for a dead worker.
-    from workers.pipelines import get_cascade
-
-    get_cascade(preset, get_settings().resolved_models_dir)
+    load(preset, get_settings().resolved_models_dir)
     try:
         run = _claim(jid, stage_name, seq)
     except TRANSIENT_ERRORS as exc:
@@ -279,6 +295,45 @@ def _store_png(run: StageRun, index: int, png: bytes, *, width: int, height: int
         )
     )
     run.outputs.append({"index": index, "key": key, "width": width, "height": height, "seed": seed})
+
+
+def _load_cascade(preset: str, models_dir: Path) -> object:
+    from workers.pipelines import get_cascade
+
+    return get_cascade(preset, models_dir)
+
+
+def _load_captioner(preset: str, models_dir: Path) -> object:
+    from workers.vision_models import get_captioner
+
+    return get_captioner(preset, models_dir)
+
+
+def _load_embedder(preset: str, models_dir: Path) -> object:
+    from workers.vision_models import get_embedder
+
+    return get_embedder(preset, models_dir)
+
+
+def _final_image_keys(run: StageRun) -> list[str]:
+    """The images a stage after the cascade works on: the job's input image, or the cascade's last images."""
+    if run.kind != "generate":
+        return [run.input["image"]["key"]]
+    from workers.presets import get_preset
+
+    final = next(s.name for s in get_preset(run.preset).stages if s.resolution == run.input["resolution"])
+    return [image_key(run.job_id, final, i) for i in range(int(run.input["num_images"]))]
+
+
+def _read_images(keys: list[str]) -> list[Any]:
+    """RGB images from the store: stage PNGs, or client uploads the API already checked (any format)."""
+    import PIL.Image
+
+    images = []
+    for key in keys:
+        with PIL.Image.open(io.BytesIO(_store().get(key))) as opened:
+            images.append(opened.convert("RGB"))
+    return images
 
 
 def _encode_text(run: StageRun) -> None:
@@ -356,6 +411,57 @@ def _super_resolve(run: StageRun) -> None:
         _store_png(run, index, cascade.image_to_png(image), width=image.width, height=image.height, seed=seed + index)
 
 
+def _caption(run: StageRun) -> None:
+    from workers.captioning import caption_images
+
+    captioner: Any = _load_captioner(run.preset, get_settings().resolved_models_dir)
+    report = progress_reporter(run)
+    images = _read_images(_final_image_keys(run))
+    captions = caption_images(
+        captioner,
+        images,
+        max_new_tokens=int(run.input.get("max_new_tokens", 30)),
+        num_beams=int(run.input.get("num_beams", 1)),
+    )
+    run.outputs.extend({"index": i, "caption": caption} for i, caption in enumerate(captions))
+    report(1.0)
+
+
+def _embed(run: StageRun) -> None:
+    from db.search import ensure_vector_index, upsert_embedding
+    from workers.embedding import embed_images, embed_texts
+
+    embedder: Any = _load_embedder(run.preset, get_settings().resolved_models_dir)
+    report = progress_reporter(run)
+    keys = _final_image_keys(run)
+    vectors = embed_images(embedder, _read_images(keys))
+    if run.kind == "generate":
+        text, collection = run.input["prompt"], "default"
+        captions = {o["index"]: o["caption"] for o in run.earlier_outputs.get("caption", [])}
+    else:
+        text, collection, captions = run.input.get("text"), run.input["collection"], {}
+    text_vector = embed_texts(embedder, [text])[0] if text else None
+    with session_scope() as session:
+        ensure_vector_index(session, model=embedder.model_id, dim=embedder.dim)
+    with session_scope() as session:
+        for index, (key, vector) in enumerate(zip(keys, vectors, strict=True)):
+            embedding_id = upsert_embedding(
+                session,
+                tenant_id=run.tenant_id,
+                job_id=run.job_id,
+                collection=collection,
+                model=embedder.model_id,
+                embedding=vector,
+                image_key=key,
+                text_embedding=text_vector,
+                caption=captions.get(index),
+                text_value=text,
+                meta=run.meta,
+            )
+            run.outputs.append({"index": index, "embedding_id": str(embedding_id), "collection": collection})
+    report(1.0)
+
+
 # Stages are retried by hand (self.retry) on transient errors only; a redelivered message after a
 # worker loss is counted by the attempts column, not by Celery.
 _TASK_OPTIONS: dict[str, Any] = {"bind": True, "max_retries": None, "acks_late": True}
@@ -364,19 +470,46 @@ _TASK_OPTIONS: dict[str, Any] = {"bind": True, "max_retries": None, "acks_late":
 @app.task(name="imagen.encode_text", **_TASK_OPTIONS)
 def encode_text(self: Task, job_id: str, stage: str, seq: int) -> None:
     """Encode the prompt once with the frozen text encoder; later stages reuse the embeddings."""
-    run_stage(self, job_id, stage, seq, _encode_text)
+    run_stage(self, job_id, stage, seq, _encode_text, _load_cascade)
 
 
 @app.task(name="imagen.base", **_TASK_OPTIONS)
 def base(self: Task, job_id: str, stage: str, seq: int) -> None:
     """Stage I: text-conditional diffusion at 64 px."""
-    run_stage(self, job_id, stage, seq, _base)
+    run_stage(self, job_id, stage, seq, _base, _load_cascade)
 
 
 @app.task(name="imagen.sr", **_TASK_OPTIONS)
 def super_resolution(self: Task, job_id: str, stage: str, seq: int) -> None:
     """A super-resolution stage (256 or 1024 px) conditioned on the previous image and the text."""
-    run_stage(self, job_id, stage, seq, _super_resolve)
+    run_stage(self, job_id, stage, seq, _super_resolve, _load_cascade)
+
+
+@app.task(name="imagen.caption", **_TASK_OPTIONS)
+def caption(self: Task, job_id: str, stage: str, seq: int) -> None:
+    """Describe an image (or a generate job's final images) in words with GIT."""
+    run_stage(self, job_id, stage, seq, _caption, _load_captioner)
+
+
+@app.task(name="imagen.embed", **_TASK_OPTIONS)
+def embed(self: Task, job_id: str, stage: str, seq: int) -> None:
+    """Add an image (or a generate job's final images) to the tenant's search index."""
+    run_stage(self, job_id, stage, seq, _embed, _load_embedder)
+
+
+@app.task(name="imagen.embed_query", ignore_result=False, acks_late=False)
+def embed_query(preset: str, text: str | None = None, image_key: str | None = None) -> dict[str, Any]:
+    """A search query's vector, for the API (which loads no model): ``{"model", "vector"}``."""
+    from workers.embedding import embed_images, embed_texts
+
+    embedder: Any = _load_embedder(preset, get_settings().resolved_models_dir)
+    if text is not None:
+        vector = embed_texts(embedder, [text])[0]
+    elif image_key is not None:
+        vector = embed_images(embedder, _read_images([image_key]))[0]
+    else:
+        raise ValueError("embed_query needs text or image_key, got neither")
+    return {"model": embedder.model_id, "vector": vector}
 
 
 @app.task(name="imagen.finalize", bind=True, acks_late=True)

@@ -1,8 +1,9 @@
-"""The `tiny` preset: random-weight stand-ins for the production cascade, built on this machine.
+"""The `tiny` preset: random-weight stand-ins for the production models, built on this machine.
 
-Each stage uses the same pipeline and model classes as `deepfloyd-if`, shrunk to about a million
-parameters, so the whole cascade runs in seconds on a CPU and exercises the same code paths. The
-build is deterministic: a fixed seed and fixed vocabularies give the same weight files every time.
+Each cascade stage uses the same pipeline and model classes as `deepfloyd-if`, shrunk to about a
+million parameters, so the whole cascade runs in seconds on a CPU and exercises the same code paths;
+the captioner (GIT) and the embedder (CLIP) are shrunk likewise. The build is deterministic: a fixed
+seed and fixed vocabularies give the same weight files every time.
 """
 
 from __future__ import annotations
@@ -27,17 +28,37 @@ from diffusers.pipelines.stable_diffusion.pipeline_stable_diffusion_upscale impo
 from diffusers.schedulers.scheduling_ddim import DDIMScheduler
 from diffusers.schedulers.scheduling_ddpm import DDPMScheduler
 from tokenizers import pre_tokenizers
-from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer, T5Config, T5EncoderModel, T5Tokenizer
+from transformers import (
+    BertTokenizer,
+    CLIPConfig,
+    CLIPImageProcessorPil,
+    CLIPModel,
+    CLIPProcessor,
+    CLIPTextConfig,
+    CLIPTextModel,
+    CLIPTokenizer,
+    CLIPVisionConfig,
+    GitConfig,
+    GitForCausalLM,
+    GitProcessor,
+    GitVisionConfig,
+    T5Config,
+    T5EncoderModel,
+    T5Tokenizer,
+)
 
 from workers.pipelines import quiet_progress_bars
 
 logger = logging.getLogger(__name__)
 
-# Bump whenever a config below changes, so folders built by an older version are rebuilt.
-TINY_VERSION = "tiny-cascade-1"
+# Bump whenever a config below changes, so folders built by an older version are rebuilt. A change to
+# the CLIP embedder also needs a new `model_id` for the tiny preset's embedder in workers/presets.py.
+TINY_VERSION = "tiny-2"
 TINY_DIR = "tiny"
 BUILD_MARKER = "BUILD_OK"
 STAGE_DIRS: tuple[str, ...] = ("stage_1", "stage_2", "stage_3")
+CAPTION_DIR = "caption"
+EMBED_DIR = "embed"
 
 _SEED = 20240613
 _TEXT_DIM = 32
@@ -45,6 +66,20 @@ _TEXT_DIM = 32
 _MAX_TOKENS = 77
 # GroupNorm needs the group count to divide every block's width; the thinnest blocks have 8 channels.
 _NORM_GROUPS = 8
+# The vision towers see 64x64 crops in 8x8 patches: 64 patches, about as many as ViT-B/32's 49 at
+# 224 px, on a tower a few hundred times smaller.
+_IMAGE_SIZE = 64
+_PATCH_SIZE = 8
+_VISION_DIM = 64
+_CLIP_DIM = 64
+# At the default initial scale, random CLIP towers squash every input to about the same direction
+# (cosine ~0.999 between unrelated images). A larger scale makes the random features sensitive
+# enough that search tells images, even the tiny cascade's noise-like ones, apart.
+_CLIP_INIT_FACTOR = 6.0
+# Likewise for GIT: at the default scale its decoder all but ignores the image, and captions of
+# different images come out the same.
+_GIT_INIT_RANGE = 0.1
+_GIT_MAX_TOKENS = 128
 
 # A fixed vocabulary, because a tokenizer trained at build time gets different ids on every run.
 _WORD_LIST = """
@@ -80,10 +115,11 @@ mouth nose ear heart body arm leg foot food music game story shadow
 """
 # Every printable ASCII character is a piece too, so no prompt maps to unknown tokens.
 _CHARS = [chr(code) for code in range(33, 127)]
+_BERT_SPECIALS = ("[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]")
 
 
 def build_tiny(models_dir: Path, *, force: bool = False) -> Path:
-    """Build the tiny cascade under `models_dir`/tiny unless a complete build is there; return its path."""
+    """Build the tiny models under `models_dir`/tiny unless a complete build is there; return its path."""
     target = models_dir / TINY_DIR
     if not force and is_built(models_dir):
         logger.info("tiny models already built in %s", target)
@@ -95,7 +131,7 @@ def build_tiny(models_dir: Path, *, force: bool = False) -> Path:
     # that looks complete, and two concurrent builders do not write into the same files.
     staging = Path(tempfile.mkdtemp(prefix=f".{TINY_DIR}-", dir=models_dir))
     try:
-        _save_stages(staging)
+        _save_models(staging)
         (staging / BUILD_MARKER).write_text(TINY_VERSION + "\n")
         if target.exists():
             shutil.rmtree(target)
@@ -119,13 +155,17 @@ def is_built(models_dir: Path) -> bool:
     return marker.is_file() and marker.read_text().strip() == TINY_VERSION
 
 
-def _save_stages(folder: Path) -> None:
+def _save_models(folder: Path) -> None:
     builders: tuple[Callable[[], DiffusionPipeline], ...] = (_build_stage_1, _build_stage_2, _build_stage_3)
     # The global RNG is the only source of the random weights: seed it, and give it back untouched.
     with torch.random.fork_rng(devices=[]), quiet_progress_bars():
         for stage_dir, build in zip(STAGE_DIRS, builders, strict=True):
             torch.manual_seed(_SEED)
             build().save_pretrained(folder / stage_dir, safe_serialization=True)
+        torch.manual_seed(_SEED)
+        _save_captioner(folder / CAPTION_DIR)
+        torch.manual_seed(_SEED)
+        _save_embedder(folder / EMBED_DIR)
 
 
 def _build_stage_1() -> IFPipeline:
@@ -313,6 +353,91 @@ def _build_stage_3() -> StableDiffusionUpscalePipeline:
         scheduler=scheduler,
         max_noise_level=350,
     )
+
+
+def _save_captioner(folder: Path) -> None:
+    # GIT-base's processor, shrunk: CLIP's image preprocessing and a BERT WordPiece tokenizer whose
+    # vocabulary is a file, as the hub's is. Its [CLS] starts a caption and its [SEP] ends one.
+    folder.mkdir(parents=True)
+    vocab_file = folder / "vocab.txt"
+    vocab_file.write_text("\n".join(_bert_vocab()) + "\n")
+    tokenizer = BertTokenizer(vocab=str(vocab_file), model_max_length=_GIT_MAX_TOKENS)
+    processor = GitProcessor(image_processor=_clip_image_processor(), tokenizer=tokenizer)
+    model = GitForCausalLM(
+        GitConfig(
+            vision_config=GitVisionConfig(
+                hidden_size=_VISION_DIM,
+                intermediate_size=2 * _VISION_DIM,
+                num_hidden_layers=2,
+                num_attention_heads=4,
+                image_size=_IMAGE_SIZE,
+                patch_size=_PATCH_SIZE,
+                initializer_range=_GIT_INIT_RANGE,
+            ),
+            vocab_size=len(tokenizer),
+            hidden_size=64,
+            intermediate_size=128,
+            num_hidden_layers=2,
+            num_attention_heads=4,
+            max_position_embeddings=_GIT_MAX_TOKENS,
+            initializer_range=_GIT_INIT_RANGE,
+            pad_token_id=tokenizer.pad_token_id,
+            bos_token_id=tokenizer.cls_token_id,
+            eos_token_id=tokenizer.sep_token_id,
+        )
+    ).eval()
+    model.save_pretrained(folder, safe_serialization=True)
+    processor.save_pretrained(folder)
+
+
+def _save_embedder(folder: Path) -> None:
+    tokenizer = _clip_tokenizer()
+    model = CLIPModel(
+        CLIPConfig(
+            text_config=CLIPTextConfig(
+                vocab_size=len(tokenizer),
+                hidden_size=_CLIP_DIM,
+                intermediate_size=2 * _CLIP_DIM,
+                num_hidden_layers=2,
+                num_attention_heads=4,
+                max_position_embeddings=_MAX_TOKENS,
+                pad_token_id=tokenizer.pad_token_id,
+                bos_token_id=tokenizer.bos_token_id,
+                eos_token_id=tokenizer.eos_token_id,
+                projection_dim=_CLIP_DIM,
+                initializer_factor=_CLIP_INIT_FACTOR,
+            ),
+            vision_config=CLIPVisionConfig(
+                hidden_size=_VISION_DIM,
+                intermediate_size=2 * _VISION_DIM,
+                num_hidden_layers=2,
+                num_attention_heads=4,
+                image_size=_IMAGE_SIZE,
+                patch_size=_PATCH_SIZE,
+                projection_dim=_CLIP_DIM,
+                initializer_factor=_CLIP_INIT_FACTOR,
+            ),
+            projection_dim=_CLIP_DIM,
+            initializer_factor=_CLIP_INIT_FACTOR,
+        )
+    ).eval()
+    processor = CLIPProcessor(image_processor=_clip_image_processor(), tokenizer=tokenizer)
+    model.save_pretrained(folder, safe_serialization=True)
+    processor.save_pretrained(folder)
+
+
+def _clip_image_processor() -> CLIPImageProcessorPil:
+    # The PIL backend by name: `CLIPImageProcessor` means the torchvision one where torchvision is
+    # installed, and the saved config would then differ from machine to machine.
+    size = _IMAGE_SIZE
+    return CLIPImageProcessorPil(size={"shortest_edge": size}, crop_size={"height": size, "width": size})
+
+
+def _bert_vocab() -> list[str]:
+    # Lower case only, as the tokenizer lowercases its input; "##" pieces spell out any other word.
+    chars = [char for char in _CHARS if not char.isupper()]
+    pieces = [*_BERT_SPECIALS, *_unique_words(), *chars, *(f"##{char}" for char in chars if char.isalnum())]
+    return list(dict.fromkeys(pieces))
 
 
 def _if_scheduler() -> DDPMScheduler:

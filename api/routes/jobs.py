@@ -9,7 +9,7 @@ from sqlalchemy.orm import Session
 
 from api.deps import CurrentKey, SessionDep, SettingsDep, StoreDep
 from api.schemas import JobCreate, JobList, JobPublic
-from api.submission import create_generate_job, enqueue_committed
+from api.submission import create_job_row, enqueue_committed
 from core.errors import Conflict, NotFound
 from core.redis_client import cancel_key, get_redis
 from db import jobs as job_queries
@@ -35,7 +35,9 @@ def create_job(
     body: JobCreate, key: CurrentKey, session: SessionDep, store: StoreDep, settings: SettingsDep
 ) -> JobPublic:
     """Record a job and enqueue its first stage."""
-    job = create_generate_job(session, key=key, body=body, preset=get_preset(settings.model_preset))
+    job = create_job_row(
+        session, key=key, body=body, preset=get_preset(settings.model_preset), store=store, settings=settings
+    )
     session.commit()
     enqueue_committed(session, job)
     return JobPublic.from_row(job, store, settings.presign_ttl_s)

@@ -116,10 +116,9 @@ def test_list_jobs_pages_newest_first(client: Client) -> None:
     assert rest["items"][0]["id"] == ids[0]
     for job_id in ids:
         client.wait(job_id)
-    assert all(
-        j["kind"] == "generate"
-        for j in client.http.get("/v1/jobs", params={"status": "succeeded", "limit": 100}).json()["items"]
-    )
+    filtered = client.http.get("/v1/jobs", params={"status": "succeeded", "kind": "generate", "limit": 100}).json()
+    assert set(ids) <= {j["id"] for j in filtered["items"]}
+    assert {(j["status"], j["kind"]) for j in filtered["items"]} == {("succeeded", "generate")}
 
 
 def test_another_tenants_job_is_a_404(client: Client, other_client: Client) -> None:

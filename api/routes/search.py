@@ -1,0 +1,73 @@
+"""/v1/search: find a tenant's indexed images by text or by example."""
+
+from celery.exceptions import TimeoutError as CeleryTimeout
+from fastapi import APIRouter
+from kombu.exceptions import KombuError
+from redis.exceptions import RedisError
+
+from api.deps import CurrentKey, SessionDep, SettingsDep, StoreDep
+from api.schemas import SearchRequest, SearchResponse, SearchResult
+from api.submission import resolve_image_input
+from core.errors import InvalidInput, ServiceUnavailable
+from db.search import search_embeddings
+from workers.celery_app import app as celery_app
+from workers.presets import get_preset
+
+router = APIRouter(prefix="/v1", tags=["search"])
+
+QUERY_TIMEOUT_S = 15.0
+
+
+def embed_query(preset: str, *, text: str | None = None, image_key: str | None = None) -> tuple[str, list[float]]:
+    """The query's vector, computed by an embed worker (the API loads no model); (model id, vector)."""
+    try:
+        result = celery_app.send_task(
+            "imagen.embed_query",
+            kwargs={"preset": preset, "text": text, "image_key": image_key},
+            queue="embed",
+            priority=0,  # a person is waiting: ahead of indexing work
+        )
+    except (KombuError, RedisError, OSError) as exc:
+        raise ServiceUnavailable(f"the broker is unreachable: {exc}") from None
+    try:
+        answer = result.get(timeout=QUERY_TIMEOUT_S)
+    except CeleryTimeout:
+        raise ServiceUnavailable(f"no embed worker answered within {QUERY_TIMEOUT_S:.0f} s") from None
+    except (KombuError, RedisError, OSError) as exc:
+        raise ServiceUnavailable(f"the result backend is unreachable: {exc}") from None
+    finally:
+        result.forget()
+    return str(answer["model"]), [float(x) for x in answer["vector"]]
+
+
+@router.post("/search", response_model=SearchResponse)
+def search_index(
+    body: SearchRequest, key: CurrentKey, session: SessionDep, store: StoreDep, settings: SettingsDep
+) -> SearchResponse:
+    """The k images of the tenant's collection nearest to a text or an image, best first."""
+    if (body.text is None) == (body.image is None):
+        raise InvalidInput("give exactly one of text or image", field="text")
+    preset = get_preset(settings.model_preset)
+    image_key = None
+    if body.image is not None:
+        image_key = resolve_image_input(session, body.image, key=key, store=store, settings=settings, field="image")[
+            "key"
+        ]
+    model, vector = embed_query(preset.name, text=body.text, image_key=image_key)
+    hits = search_embeddings(
+        session, tenant_id=key.tenant_id, collection=body.collection, model=model, query=vector, k=body.k
+    )
+    session.rollback()  # read-only; ends the transaction that SET LOCAL tuned
+    return SearchResponse(
+        results=[
+            SearchResult(
+                score=hit.score,
+                image_url=store.presigned_url(hit.image_key, settings.presign_ttl_s),
+                job_id=hit.job_id,
+                caption=hit.caption,
+                text=hit.text,
+                metadata=hit.meta,
+            )
+            for hit in hits
+        ]
+    )
