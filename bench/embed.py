@@ -119,7 +119,8 @@ def main() -> None:
         connection.exec_driver_sql("ANALYZE embeddings")
         connection.commit()
 
-    queries = embed_texts(embedder, [f"query number {i}" for i in range(args.queries)])
+    texts = [f"query number {i}" for i in range(args.queries)]
+    queries = [vector for i in range(0, len(texts), 64) for vector in embed_texts(embedder, texts[i : i + 64])]
     latencies: dict[bool, list[float]] = {True: [], False: []}
     for use_index in (True, False):
         for query in queries:

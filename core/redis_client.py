@@ -13,13 +13,6 @@ def get_redis() -> redis.Redis:
     return redis.Redis.from_url(client_url(get_settings().redis_url), socket_connect_timeout=2, socket_timeout=5)
 
 
-def result_backend_url(broker_url: str) -> str:
-    """Celery's result-backend spelling of a broker URL (a unix socket is ``socket://`` there)."""
-    if broker_url.startswith("redis+socket://"):
-        return "socket://" + broker_url.removeprefix("redis+socket://")
-    return broker_url
-
-
 def client_url(broker_url: str) -> str:
     """redis-py's spelling of a broker URL: Celery writes a unix socket as ``redis+socket://``."""
     if broker_url.startswith("redis+socket://"):

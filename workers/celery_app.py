@@ -9,7 +9,6 @@ from celery import Celery
 from kombu import Queue
 
 from core.config import get_settings
-from core.redis_client import result_backend_url
 
 # One queue per kind of work, so each GPU pool can serve only the stages that fit it.
 QUEUES = ("text", "base", "sr", "caption", "embed", "webhooks", "control")
@@ -41,7 +40,8 @@ def create_app() -> Celery:
         # Stages report through Postgres. Only the search query embedding answers its caller (the API)
         # through a result, which expires quickly.
         task_ignore_result=True,
-        result_backend=result_backend_url(settings.redis_url),
+        # Celery reads "redis+socket://" as the redis backend on a unix socket, as the broker does.
+        result_backend=settings.redis_url,
         result_expires=300,
         # A stage is acknowledged only when it finished, and handed back if its worker dies.
         task_acks_late=True,

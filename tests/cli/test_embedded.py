@@ -1,0 +1,122 @@
+"""`imagen-queue up`: the embedded system (Postgres and Redis from wheels, a folder store) end to end,
+through the CLI, and its state across a restart."""
+
+import base64
+import io
+import os
+import re
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+from PIL import Image
+
+from cli.services import free_port
+from tests.servers import REPO, stop_process, wait_until
+
+
+def _size(png: bytes) -> tuple[int, int]:
+    with Image.open(io.BytesIO(png)) as image:
+        return image.size
+
+
+class Embedded:
+    def __init__(self, data_dir: Path) -> None:
+        self.data_dir = data_dir
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.env = {k: v for k, v in os.environ.items() if not k.startswith("IMAGEN_")}
+        self.env.update({"IMAGEN_DATA_DIR": str(data_dir), "IMAGEN_TORCH_THREADS": "2", "PYTHONUNBUFFERED": "1"})
+        self.process: subprocess.Popen[bytes] | None = None
+        self.log = data_dir / "up-test.log"
+
+    def start(self) -> None:
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        offset = self.log.stat().st_size if self.log.exists() else 0
+        with open(self.log, "ab") as log:
+            self.process = subprocess.Popen(
+                [sys.executable, "-m", "cli.main", "up", "--port", str(self.port)],
+                env=self.env,
+                cwd=REPO,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+            )
+
+        def up() -> bool:
+            assert self.process is not None and self.process.poll() is None, self.log.read_text()
+            return "imagen-queue is up" in self.log.read_text(errors="replace")[offset:]
+
+        wait_until(up, 120, "imagen-queue up", 0.5)
+
+    def stop(self) -> None:
+        if self.process is not None:
+            stop_process(self.process, timeout_s=60)
+
+    def cli(self, *args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [sys.executable, "-m", "cli.main", *args, "--api-url", self.url],
+            env=self.env,
+            cwd=REPO,
+            capture_output=True,
+            text=True,
+            timeout=180,
+        )
+
+
+@pytest.fixture
+def embedded(tmp_path: Path) -> Iterator[Embedded]:
+    system = Embedded(tmp_path / "data")
+    system.start()
+    try:
+        yield system
+    finally:
+        system.stop()
+
+
+def test_up_runs_jobs_and_search_and_keeps_them_across_a_restart(embedded: Embedded, tmp_path: Path) -> None:
+    log = embedded.log.read_text()
+    key = (embedded.data_dir / "admin_api_key").read_text().strip()
+    assert key in log and embedded.url in log, "the address and the admin key are printed"
+
+    result = embedded.cli(
+        "generate",
+        "a corgi wearing a crown",
+        "--seed",
+        "3",
+        "--resolution",
+        "256",
+        "--index",
+        "--out",
+        str(tmp_path / "out"),
+    )
+    assert result.returncode == 0, result.stderr
+    paths = re.findall(r"^(\S+\.png)", result.stdout, re.M)
+    assert [_size(Path(p).read_bytes()) for p in paths] == [(64, 64), (256, 256)]
+
+    # Search goes through the embed worker and a Celery result on the unix-socket Redis.
+    headers = {"Authorization": f"Bearer {key}"}
+    final = Path(paths[-1]).read_bytes()
+    response = httpx.post(
+        f"{embedded.url}/v1/search",
+        headers=headers,
+        timeout=30,
+        json={"image": {"base64": base64.b64encode(final).decode()}, "k": 1},
+    )
+    assert response.status_code == 200, response.text
+    (hit,) = response.json()["results"]
+    job_id = Path(paths[-1]).parent.name
+    assert hit["job_id"] == job_id
+    assert httpx.get(hit["image_url"], timeout=30).content == final, "the folder store serves signed URLs"
+
+    caption = embedded.cli("caption", paths[0])
+    assert caption.returncode == 0 and caption.stdout.strip(), caption.stderr
+
+    embedded.stop()
+    embedded.start()
+    job = httpx.get(f"{embedded.url}/v1/jobs/{job_id}", headers=headers, timeout=30).json()
+    assert job["status"] == "succeeded"
+    image = httpx.get(job["output"]["images"][0]["url"], timeout=30)
+    assert image.status_code == 200 and _size(image.content) == (256, 256)
