@@ -36,6 +36,9 @@ class Settings(BaseSettings):
 
     admin_api_key: str | None = None
     webhook_allow_private: bool = False
+    # Seconds between delivery attempts (each +-20% jitter); after the last one an event ends failed.
+    webhook_retry_schedule_s: list[float] = Field(default=[5, 30, 120, 600, 1800, 3600, 10800])
+    webhook_timeout_s: float = 10.0
 
     max_attempts: int = 3
     sweep_interval_s: float = 15.0

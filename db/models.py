@@ -1,7 +1,8 @@
-"""Tables: tenants, API keys, jobs, their stages and artifacts, and the search embeddings."""
+"""Tables: tenants, API keys, jobs, their stages and artifacts, search embeddings, webhooks, idempotency."""
 
 import enum
 import uuid
+from datetime import datetime
 from typing import Any
 
 from pgvector.sqlalchemy import Vector
@@ -9,6 +10,7 @@ from sqlalchemy import (
     BigInteger,
     Boolean,
     CheckConstraint,
+    DateTime,
     Enum,
     Float,
     ForeignKey,
@@ -17,6 +19,7 @@ from sqlalchemy import (
     String,
     Text,
     UniqueConstraint,
+    func,
     text,
 )
 from sqlalchemy.dialects.postgresql import JSONB
@@ -99,6 +102,8 @@ class Job(Base):
     meta: Mapped[JSONDict] = mapped_column("metadata")
     priority: Mapped[int] = mapped_column(Integer, default=5)
     error: Mapped[str | None] = mapped_column(Text)
+    # {"url": ..., "events": [...]} when the client asked for webhooks.
+    webhook: Mapped[dict[str, Any] | None] = mapped_column(JSONB)
     cancel_requested: Mapped[bool] = mapped_column(Boolean, default=False, server_default=text("false"))
     # Each (re-)enqueue of the chain bumps dispatch_seq; tasks carrying an older number are stale
     # duplicates (a broker redelivery racing the sweeper) and stop without doing anything.
@@ -192,4 +197,56 @@ class Embedding(Base):
     caption: Mapped[str | None] = mapped_column(Text)
     text: Mapped[str | None] = mapped_column(Text)
     meta: Mapped[JSONDict] = mapped_column("metadata")
+    created_at: Mapped[Created]
+
+
+class WebhookEvent(Base):
+    """The outbox: one event of one job for its webhook, written in the transaction of the state change.
+
+    Its id is the ``webhook-id`` (stable across retries); its payload is frozen when the event happens.
+    """
+
+    __tablename__ = "webhook_events"
+    __table_args__ = (
+        # The delivery sweeper scans only events still to deliver.
+        Index("ix_webhook_events_due", "next_attempt_at", postgresql_where=text("status = 'pending'")),
+    )
+
+    id: Mapped[UUIDPk]
+    job_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("jobs.id", ondelete="CASCADE"), index=True)
+    tenant_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("tenants.id", ondelete="CASCADE"))
+    type: Mapped[str] = mapped_column(String(32))
+    url: Mapped[str] = mapped_column(String(2048))
+    payload: Mapped[JSONDict]
+    status: Mapped[str] = mapped_column(String(16), default="pending", server_default="pending")
+    attempts: Mapped[int] = mapped_column(Integer, default=0, server_default=text("0"))
+    next_attempt_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
+    created_at: Mapped[Created]
+    delivered_at: Mapped[Timestamp]
+
+
+class WebhookAttempt(Base):
+    """One HTTP attempt at delivering an event: when, what came back, how long it took."""
+
+    __tablename__ = "webhook_attempts"
+
+    id: Mapped[UUIDPk]
+    event_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("webhook_events.id", ondelete="CASCADE"), index=True)
+    attempted_at: Mapped[Created]
+    status_code: Mapped[int | None] = mapped_column(Integer)
+    latency_ms: Mapped[int] = mapped_column(Integer)
+    error: Mapped[str | None] = mapped_column(Text)
+
+
+class IdempotencyKey(Base):
+    """A client's ``Idempotency-Key``: the job it created and a hash of the request that created it."""
+
+    __tablename__ = "idempotency_keys"
+    __table_args__ = (UniqueConstraint("tenant_id", "key"),)
+
+    id: Mapped[UUIDPk]
+    tenant_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("tenants.id", ondelete="CASCADE"))
+    key: Mapped[str] = mapped_column(String(255))
+    request_hash: Mapped[str] = mapped_column(String(64))
+    job_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("jobs.id", ondelete="CASCADE"))
     created_at: Mapped[Created]
