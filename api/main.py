@@ -7,7 +7,7 @@ from fastapi import FastAPI
 
 from api.deps import process_store
 from api.errors import install_error_handlers
-from api.routes import files, health, jobs, search
+from api.routes import events, files, health, jobs, search, webhooks
 
 
 @asynccontextmanager
@@ -27,6 +27,8 @@ def create_app() -> FastAPI:
     install_error_handlers(app)
     app.include_router(health.router)
     app.include_router(jobs.router)
+    app.include_router(events.router)
+    app.include_router(webhooks.router)
     app.include_router(search.router)
     app.include_router(files.router)
     return app

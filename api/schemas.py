@@ -87,7 +87,18 @@ class IndexInput(_Strict):
     _text_has_words = field_validator("text")(classmethod(lambda cls, v: _not_blank(v)))
 
 
+WebhookEventName = Literal["started", "stage", "completed"]
+
+
+class WebhookSpec(_Strict):
+    """Where to POST the job's events (signed per the Standard Webhooks spec), and which ones."""
+
+    url: str = Field(min_length=1, max_length=2048)
+    events: list[WebhookEventName] = Field(default=["started", "stage", "completed"], min_length=1, max_length=3)
+
+
 class _JobCreateBase(_Strict):
+    webhook: WebhookSpec | None = None
     priority: int = Field(default=5, ge=0, le=9, description="0..9; 9 runs first")
     metadata: dict[str, Any] = Field(default_factory=dict)
 
@@ -264,6 +275,35 @@ def _stage_public(stage: JobStage, store: ObjectStore, ttl_s: int) -> StagePubli
         error=stage.error,
         outputs=outputs,
     )
+
+
+class DeliveryAttempt(BaseModel):
+    attempted_at: datetime
+    status_code: int | None
+    latency_ms: int
+    error: str | None
+
+
+class WebhookDelivery(BaseModel):
+    """One event of a job for its webhook, and every attempt at delivering it."""
+
+    id: uuid.UUID
+    webhook_id: str
+    type: str
+    url: str
+    status: str
+    attempts: list[DeliveryAttempt]
+    created_at: datetime
+    delivered_at: datetime | None
+    next_attempt_at: datetime | None
+
+
+class DeliveryList(BaseModel):
+    items: list[WebhookDelivery]
+
+
+class WebhookSecret(BaseModel):
+    secret: str
 
 
 class JobList(BaseModel):

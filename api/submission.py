@@ -1,18 +1,25 @@
 """Turn a validated request into a job row, and a committed job into a chain on the broker."""
 
+import hashlib
+import json
 import secrets
+import time
 import uuid
 from typing import Any
 
+from redis.exceptions import RedisError
 from sqlalchemy import select
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from api.images import ImageInput, resolve_image
 from api.schemas import CaptionJobCreate, GenerateInput, GenerateJobCreate, JobCreate
+from core.address_guard import FetchError, check_url
 from core.config import Settings
-from core.errors import InvalidInput
+from core.errors import Conflict, InvalidInput
+from core.redis_client import get_redis
 from db import jobs as job_queries
-from db.models import ApiKey, Artifact, Job
+from db.models import ApiKey, Artifact, IdempotencyKey, Job, JobStatus
 from storage.object_store import ObjectStore
 from workers.dispatch import CAPTION, EMBED, REQUEST_STAGE_KEYS, STAGE_TASKS, enqueue_cascade, generate_stages
 from workers.presets import Preset
@@ -86,7 +93,7 @@ def resolve_image_input(
     stored = resolve_image(
         image,
         store=store,
-        allow_private=settings.webhook_allow_private,
+        allow_private=settings.image_url_allow_private,
         find_artifact=lambda job_id, stage, index: image_artifact_key(
             session, tenant_id=key.tenant_id, job_id=job_id, stage=stage, index=index
         ),
@@ -129,6 +136,13 @@ def create_job_row(
             "collection": body.input.collection,
         }
         stages = [(EMBED, STAGE_TASKS[EMBED][1])]
+    webhook = None
+    if body.webhook is not None:
+        try:
+            check_url(body.webhook.url, allow_private=settings.webhook_allow_private)
+        except FetchError as exc:
+            raise InvalidInput(f"webhook.url: {exc}", field="webhook.url") from None
+        webhook = {"url": body.webhook.url, "events": sorted(set(body.webhook.events))}
     job = job_queries.create_job(
         session,
         tenant_id=key.tenant_id,
@@ -139,6 +153,7 @@ def create_job_row(
         priority=body.priority,
         meta=body.metadata,
     )
+    job.webhook = webhook
     job.stages[0].queued_at = job_queries.now()
     return job
 
@@ -153,3 +168,90 @@ def enqueue_committed(session: Session, job: Job) -> None:
     if enqueue_cascade(job.id, stages, seq=job.dispatch_seq, priority=job.priority):
         job_queries.mark_dispatched(session, job_id=job.id, seq=job.dispatch_seq)
         session.commit()
+
+
+MAX_WAIT_S = 60
+
+
+def parse_prefer_wait(prefer: str | None) -> float:
+    """Seconds asked for by ``Prefer: wait=N`` (RFC 7240), 0 when absent; more than 60 is a 422."""
+    if not prefer:
+        return 0.0
+    for token in prefer.split(","):
+        name, _, value = token.strip().partition("=")
+        if name.strip().lower() != "wait":
+            continue
+        try:
+            seconds = float(value.strip().strip('"'))
+        except ValueError:
+            raise InvalidInput(f"Prefer: wait must be a number of seconds, got {value!r}", field="Prefer") from None
+        if not 0 <= seconds <= MAX_WAIT_S:
+            raise InvalidInput(f"Prefer: wait must be between 0 and {MAX_WAIT_S} seconds, got {value}", field="Prefer")
+        return seconds
+    return 0.0
+
+
+def request_fingerprint(body: JobCreate) -> str:
+    """A hash of the request as parsed, so formatting and key order do not matter."""
+    canonical = json.dumps(body.model_dump(mode="json"), sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(canonical.encode()).hexdigest()
+
+
+def idempotent_replay(session: Session, *, key: ApiKey, idempotency_key: str, fingerprint: str) -> Job | None:
+    """The job an earlier request with this key created; a Conflict if that request was another one."""
+    row = session.scalar(
+        select(IdempotencyKey).where(IdempotencyKey.tenant_id == key.tenant_id, IdempotencyKey.key == idempotency_key)
+    )
+    if row is None:
+        return None
+    if row.request_hash != fingerprint:
+        raise Conflict(
+            "this Idempotency-Key was used with a different request body; use a new key for a new request",
+            field="Idempotency-Key",
+        )
+    return job_queries.get_job(session, job_id=row.job_id, tenant_id=key.tenant_id)
+
+
+def remember_idempotency_key(
+    session: Session, *, key: ApiKey, idempotency_key: str, fingerprint: str, job: Job
+) -> bool:
+    """Record the key with the new job; False when a concurrent request with the same key won the race."""
+    session.add(IdempotencyKey(tenant_id=key.tenant_id, key=idempotency_key, request_hash=fingerprint, job_id=job.id))
+    try:
+        # The unique index makes a concurrent insert of the same key wait here for the other transaction.
+        session.flush()
+    except IntegrityError:
+        session.rollback()
+        return False
+    return True
+
+
+def wait_for_job(session: Session, job: Job, timeout_s: float) -> Job:
+    """Hold until the job ends or ``timeout_s`` passes, following its event stream; the job as it is then."""
+    from workers.events import stream_key
+
+    deadline = time.monotonic() + timeout_s
+    last_id = "0-0"
+    redis_client = get_redis()
+    while (remaining := deadline - time.monotonic()) > 0:
+        replies: Any
+        try:
+            replies = redis_client.xread({stream_key(job.id): last_id}, block=max(1, int(remaining * 1000)), count=50)
+        except RedisError:
+            time.sleep(min(0.2, remaining))  # no live stream: the row below still tells
+            replies = []
+        for _stream, entries in replies:
+            for entry_id, fields in entries:
+                last_id = entry_id
+                if fields.get(b"event") == b"done":
+                    return _reloaded(session, job)
+        if not replies and JobStatus(_reloaded(session, job).status).is_terminal:
+            break
+    return _reloaded(session, job)
+
+
+def _reloaded(session: Session, job: Job) -> Job:
+    session.rollback()  # a fresh snapshot: the worker committed in another transaction
+    fresh = job_queries.get_job(session, job_id=job.id)
+    assert fresh is not None
+    return fresh

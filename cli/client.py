@@ -1,7 +1,9 @@
 """The client side of the CLI: submit a job over HTTP, wait for it, download its images."""
 
+import json
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -64,6 +66,36 @@ class ApiClient:
                 raise SystemExit(f"job {job_id} did not finish within {timeout_s:.0f} s (still {job['status']})")
             time.sleep(0.3)
 
+    def cancel(self, job_id: str) -> dict[str, Any]:
+        return self._check(self.http.post(f"/v1/jobs/{job_id}/cancel"))
+
+    def events(self, job_id: str, timeout_s: float) -> Iterator[tuple[str, dict[str, Any]]]:
+        """The job's Server-Sent Events as (event, data), until ``done``."""
+        name = ""
+        with self.http.stream("GET", f"/v1/jobs/{job_id}/events", timeout=timeout_s) as response:
+            if response.status_code >= 400:
+                response.read()
+                self._check(response)
+            for line in response.iter_lines():
+                if line.startswith("event: "):
+                    name = line[7:]
+                elif line.startswith("data: "):
+                    yield name, json.loads(line[6:])
+                    if name == "done":
+                        return
+
+    def watch(self, job_id: str, timeout_s: float) -> dict[str, Any]:
+        """Follow the job's live events with a progress bar per stage; the job once it ended."""
+        job = self.job(job_id)
+        bars = _ProgressBars(job)
+        try:
+            for event, data in self.events(job_id, timeout_s):
+                bars.update(event, data)
+        except httpx.HTTPError as exc:  # the stream broke: polling still gets the job to its end
+            print(f"\nlive events unavailable ({exc}); polling", file=sys.stderr)
+        bars.close()
+        return self.wait(job_id, timeout_s)
+
     def search(self, body: dict[str, Any]) -> dict[str, Any]:
         return self._check(self.http.post("/v1/search", json=body))
 
@@ -73,30 +105,47 @@ class ApiClient:
         path.write_bytes(response.content)
 
 
-class _ProgressLine:
-    """One line of per-stage progress: redrawn in place on a terminal, printed on change otherwise."""
+class _ProgressBars:
+    """A progress bar per stage, redrawn in place on a terminal; a line per change otherwise."""
 
-    def __init__(self) -> None:
-        self.last = ""
+    WIDTH = 12
+
+    def __init__(self, job: dict[str, Any]) -> None:
+        self.stages = {s["name"]: [s["status"], float(s["progress"])] for s in job["stages"]}
         self.tty = sys.stderr.isatty()
+        self.last = ""
+        self.draw()
 
-    def __call__(self, job: dict[str, Any]) -> None:
-        line = " | ".join(f"{s['name']} {s['status']} {int(s['progress'] * 100):3d}%" for s in job["stages"])
-        if line == self.last:
-            return
-        self.last = line
-        sys.stderr.write(f"\r{line}    " if self.tty else f"{line}\n")
-        sys.stderr.flush()
+    def update(self, event: str, data: dict[str, Any]) -> None:
+        if event == "progress" and data.get("stage") in self.stages:
+            self.stages[data["stage"]][1] = float(data["progress"])
+        elif event == "stage" and data.get("name") in self.stages:
+            self.stages[data["name"]][0] = data["status"]
+            if data["status"] == "succeeded":
+                self.stages[data["name"]][1] = 1.0
+        self.draw()
+
+    def draw(self) -> None:
+        parts = []
+        for name, (status, progress) in self.stages.items():
+            filled = int(progress * self.WIDTH)
+            parts.append(f"{name} [{'#' * filled}{'.' * (self.WIDTH - filled)}] {int(progress * 100):3d}% {status}")
+        line = "  ".join(parts)
+        if line != self.last:
+            self.last = line
+            sys.stderr.write(f"\r{line}" if self.tty else f"{line}\n")
+            sys.stderr.flush()
+
+    def close(self) -> None:
+        if self.tty:
+            sys.stderr.write("\n")
 
 
 def generate(client: ApiClient, body: dict[str, Any], out_dir: Path, timeout_s: float) -> int:
     """Submit a generate job, wait for it and save every stage's images; the exit status."""
     job = client.submit(body)
     print(f"job {job['id']} {job['status']}", file=sys.stderr)
-    progress = _ProgressLine()
-    job = client.wait(job["id"], timeout_s, on_update=progress)
-    if progress.tty:
-        sys.stderr.write("\n")
+    job = client.watch(job["id"], timeout_s)
     if job["status"] != "succeeded":
         print(f"job {job['id']} {job['status']}: {job.get('error') or ''}", file=sys.stderr)
         return 1

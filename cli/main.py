@@ -134,6 +134,26 @@ def _cmd_search(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_status(args: argparse.Namespace) -> int:
+    import json
+
+    job = _client(args).job(args.job_id)
+    print(json.dumps(job, indent=2))
+    return 0 if job["status"] != "failed" else 1
+
+
+def _cmd_cancel(args: argparse.Namespace) -> int:
+    job = _client(args).cancel(args.job_id)
+    print(f"job {job['id']} {job['status']}{' (stops at its next step)' if job['status'] == 'running' else ''}")
+    return 0
+
+
+def _cmd_watch(args: argparse.Namespace) -> int:
+    job = _client(args).watch(args.job_id, args.timeout)
+    print(f"job {job['id']} {job['status']}{': ' + job['error'] if job.get('error') else ''}")
+    return 0 if job["status"] == "succeeded" else 1
+
+
 def _add_client_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--api-url", default=None, help="default: IMAGEN_PUBLIC_URL")
     parser.add_argument("--api-key", default=None, help="default: IMAGEN_API_KEY, else the embedded admin key")
@@ -214,6 +234,16 @@ def build_parser() -> argparse.ArgumentParser:
     idx.add_argument("--collection", default="default")
     _add_client_options(idx)
     idx.set_defaults(func=_cmd_index)
+
+    for name, func, text in (
+        ("status", _cmd_status, "print a job as JSON"),
+        ("cancel", _cmd_cancel, "cancel a job"),
+        ("watch", _cmd_watch, "follow a job's progress until it ends (exit 1 unless it succeeded)"),
+    ):
+        one = sub.add_parser(name, help=text)
+        one.add_argument("job_id")
+        _add_client_options(one)
+        one.set_defaults(func=func)
 
     find = sub.add_parser("search", help="search the index by text (or, with --image, by an image file)")
     find.add_argument("query", help="the text, or with --image the path of an image file")

@@ -35,7 +35,10 @@ class Settings(BaseSettings):
     torch_threads: int | None = None
 
     admin_api_key: str | None = None
+    # Outbound requests to client-given URLs refuse loopback, private and link-local addresses unless
+    # these are set (local development and tests only): webhook deliveries, and image inputs by URL.
     webhook_allow_private: bool = False
+    image_url_allow_private: bool = False
     # Seconds between delivery attempts (each +-20% jitter); after the last one an event ends failed.
     webhook_retry_schedule_s: list[float] = Field(default=[5, 30, 120, 600, 1800, 3600, 10800])
     webhook_timeout_s: float = 10.0

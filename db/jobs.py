@@ -6,12 +6,12 @@ from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from sqlalchemy import and_, or_, select, update
+from sqlalchemy import and_, delete, or_, select, update
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.orm import Session
 
 from core.errors import InvalidInput
-from db.models import Artifact, Job, JobStage, JobStatus, StageStatus
+from db.models import Artifact, IdempotencyKey, Job, JobStage, JobStatus, StageStatus
 
 ACTIVE = (JobStatus.QUEUED, JobStatus.RUNNING)
 
@@ -291,3 +291,12 @@ def cancel_requested_orphans(session: Session, *, stale_before: datetime) -> lis
 
 def stale_seconds_ago(seconds: float) -> datetime:
     return now() - timedelta(seconds=seconds)
+
+
+IDEMPOTENCY_KEY_TTL = timedelta(days=7)
+
+
+def forget_idempotency_keys(session: Session) -> int:
+    """Drop Idempotency-Keys older than their retention (7 days; the contract promises at least 24 h)."""
+    result = session.execute(delete(IdempotencyKey).where(IdempotencyKey.created_at < now() - IDEMPOTENCY_KEY_TTL))
+    return int(result.rowcount or 0)  # type: ignore[attr-defined]

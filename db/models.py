@@ -224,6 +224,12 @@ class WebhookEvent(Base):
     created_at: Mapped[Created]
     delivered_at: Mapped[Timestamp]
 
+    # The HTTP attempts, oldest first (``attempts`` above counts those of the current schedule only:
+    # a manual redelivery restarts it and keeps this log).
+    attempt_log: Mapped[list["WebhookAttempt"]] = relationship(
+        order_by="WebhookAttempt.attempted_at", passive_deletes=True
+    )
+
 
 class WebhookAttempt(Base):
     """One HTTP attempt at delivering an event: when, what came back, how long it took."""

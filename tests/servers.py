@@ -156,6 +156,10 @@ class System:
             "IMAGEN_SWEEP_INTERVAL_S": "1",
             "IMAGEN_REQUEUE_AFTER_S": "4",
             "IMAGEN_MAX_ATTEMPTS": "3",
+            # Webhooks to the tests' loopback receivers, on a schedule of fractions of a second.
+            "IMAGEN_WEBHOOK_ALLOW_PRIVATE": "true",
+            "IMAGEN_WEBHOOK_RETRY_SCHEDULE_S": "[0.2, 0.4, 0.8]",
+            "IMAGEN_WEBHOOK_TIMEOUT_S": "1",
             "HF_HUB_OFFLINE": "1",
             "PYTHONUNBUFFERED": "1",
         }

@@ -22,13 +22,14 @@ TASK_ROUTES = {
     "imagen.embed_query": {"queue": "embed"},
     "imagen.finalize": {"queue": "control"},
     "imagen.sweep": {"queue": "control"},
+    "imagen.deliver_webhook": {"queue": "webhooks"},
 }
 
 
 def create_app() -> Celery:
     """A Celery app configured from the settings."""
     settings = get_settings()
-    app = Celery("imagen", broker=settings.redis_url, include=["workers.tasks"])
+    app = Celery("imagen", broker=settings.redis_url, include=["workers.tasks", "workers.webhooks"])
     # Longer than the longest stage, or Redis would hand a running stage to a second worker.
     visibility_timeout = settings.stage_time_limit_s + 600
     app.conf.update(

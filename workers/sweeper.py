@@ -20,6 +20,7 @@ from db import jobs as job_queries
 from db.models import Job, JobStatus, StageStatus
 from db.session import session_scope
 from workers.dispatch import enqueue_cascade
+from workers.events import job_transaction
 
 log = logging.getLogger(__name__)
 
@@ -56,14 +57,16 @@ def sweep_lost_jobs() -> list[uuid.UUID]:
     """One sweep; returns the ids of the jobs it enqueued again."""
     settings = get_settings()
     plans: list[Redispatch] = []
-    with session_scope() as session:
+    with job_transaction() as (session, events):
         if not session.scalar(select(func.pg_try_advisory_xact_lock(_SWEEP_LOCK_ID))):
             return []
         # Checked under the lock: the sweeper that plants the marker is the one that re-enqueues.
         everything = broker_lost_its_queues()
         stale_before = job_queries.stale_seconds_ago(settings.requeue_after_s)
+        job_queries.forget_idempotency_keys(session)
         for job in job_queries.cancel_requested_orphans(session, stale_before=stale_before):
             job_queries.finish_job(job, JobStatus.CANCELED)
+            events.finished(job)
         jobs = job_queries.active_jobs_for_sweep(
             session,
             undispatched_before=job_queries.stale_seconds_ago(_UNDISPATCHED_GRACE_S),

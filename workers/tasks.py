@@ -35,6 +35,7 @@ from storage.keys import embeddings_key, image_key
 from storage.object_store import ObjectStore
 from workers.celery_app import app
 from workers.dispatch import ENCODE_TEXT
+from workers.events import append_live, job_transaction
 
 log = logging.getLogger(__name__)
 
@@ -94,8 +95,8 @@ def _claim(job_id: uuid.UUID, stage_name: str, seq: int) -> StageRun | None:
     max_attempts = get_settings().max_attempts
     run: StageRun | None = None
     stop = False
-    # Decisions are committed before Ignore is raised: raising inside session_scope would roll them back.
-    with session_scope() as session:
+    # Decisions are committed before Ignore is raised: raising inside the transaction would roll them back.
+    with job_transaction() as (session, events):
         job = job_queries.get_job(session, job_id=job_id, for_update=True)
         if job is None:
             log.warning("job %s is gone; dropping %s", job_id, stage_name)
@@ -107,6 +108,7 @@ def _claim(job_id: uuid.UUID, stage_name: str, seq: int) -> StageRun | None:
             stop = True
         elif job.cancel_requested:
             job_queries.finish_job(job, JobStatus.CANCELED)
+            events.finished(job)
             stop = True
         else:
             stage = job.stage(stage_name)
@@ -120,9 +122,14 @@ def _claim(job_id: uuid.UUID, stage_name: str, seq: int) -> StageRun | None:
                     JobStatus.FAILED,
                     error=f"stage {stage_name} did not complete after {stage.attempts} attempts: {reason}",
                 )
+                events.finished(job)
                 stop = True
             else:
+                first_start = job.status == JobStatus.QUEUED
                 job_queries.mark_stage_running(job, stage)
+                if first_start:
+                    events.started(job)
+                events.stage_running(job, stage)
                 previous = job.stages[stage.position - 1].name if stage.position > 0 else None
                 run = StageRun(
                     job_id=job.id,
@@ -143,7 +150,7 @@ def _claim(job_id: uuid.UUID, stage_name: str, seq: int) -> StageRun | None:
 
 def _complete(run: StageRun, seq: int) -> None:
     """Record the stage's artifacts and success; Ignore stops the chain if the job was canceled meanwhile."""
-    with session_scope() as session:
+    with job_transaction() as (session, events):
         job = job_queries.get_job(session, job_id=run.job_id, for_update=True)
         if job is None:
             raise Ignore()
@@ -152,10 +159,12 @@ def _complete(run: StageRun, seq: int) -> None:
         stage = job.stage(run.stage)
         if stage.status != StageStatus.SUCCEEDED:
             job_queries.mark_stage_done(stage, outputs=run.outputs)
+            events.stage_done(job, stage)
         if stage.position + 1 < len(job.stages):
             job.stages[stage.position + 1].queued_at = job_queries.now()
         if job.cancel_requested and not JobStatus(job.status).is_terminal:
             job_queries.finish_job(job, JobStatus.CANCELED)
+            events.finished(job)
         go_on = job.dispatch_seq == seq and not JobStatus(job.status).is_terminal
     if not go_on:
         raise Ignore()
@@ -163,7 +172,7 @@ def _complete(run: StageRun, seq: int) -> None:
 
 def _fail(job_id: uuid.UUID, stage_name: str, error: str, *, retryable: bool) -> None:
     """Record a stage error: back to pending when it will be retried, else the job fails."""
-    with session_scope() as session:
+    with job_transaction() as (session, events):
         job = job_queries.get_job(session, job_id=job_id, for_update=True)
         if job is None or JobStatus(job.status).is_terminal:
             return
@@ -173,13 +182,15 @@ def _fail(job_id: uuid.UUID, stage_name: str, error: str, *, retryable: bool) ->
             return
         stage.error = error
         job_queries.finish_job(job, JobStatus.FAILED, error=f"stage {stage_name} failed: {error}")
+        events.finished(job)
 
 
 def _cancel(job_id: uuid.UUID) -> None:
-    with session_scope() as session:
+    with job_transaction() as (session, events):
         job = job_queries.get_job(session, job_id=job_id, for_update=True)
         if job is not None and not JobStatus(job.status).is_terminal:
             job_queries.finish_job(job, JobStatus.CANCELED)
+            events.finished(job)
 
 
 @contextmanager
@@ -223,8 +234,10 @@ def progress_reporter(run: StageRun) -> Callable[[float], None]:
             return
         last_write = now
         with session_scope() as session:
-            if job_queries.record_progress(session, stage_id=run.stage_id, progress=fraction):
-                raise StageCanceled()
+            canceled = job_queries.record_progress(session, stage_id=run.stage_id, progress=fraction)
+        if canceled:
+            raise StageCanceled()
+        append_live(run.job_id, "progress", {"stage": run.stage, "progress": round(fraction, 4)})
 
     return report
 
@@ -515,14 +528,16 @@ def embed_query(preset: str, text: str | None = None, image_key: str | None = No
 @app.task(name="imagen.finalize", bind=True, acks_late=True)
 def finalize(self: Task, job_id: str, stage: str, seq: int) -> None:
     """Mark the job succeeded once every stage has."""
-    with session_scope() as session:
+    with job_transaction() as (session, events):
         job = job_queries.get_job(session, job_id=uuid.UUID(job_id), for_update=True)
         if job is None or job.dispatch_seq != seq or JobStatus(job.status).is_terminal:
             return
         if job.cancel_requested:
             job_queries.finish_job(job, JobStatus.CANCELED)
+            events.finished(job)
         elif all(s.status == StageStatus.SUCCEEDED for s in job.stages):
             job_queries.finish_job(job, JobStatus.SUCCEEDED)
+            events.finished(job)
         else:
             log.warning("job %s: finalize reached with unfinished stages", job_id)
 
@@ -533,6 +548,9 @@ def sweep() -> None:
     from workers.sweeper import sweep_lost_jobs
 
     sweep_lost_jobs()
+    from workers.webhooks import sweep_due_webhooks
+
+    sweep_due_webhooks()
 
 
 @worker_init.connect

@@ -2,24 +2,34 @@
 
 import uuid
 from contextlib import suppress
+from typing import Annotated
 
-from fastapi import APIRouter, Query, status
+from fastapi import APIRouter, Header, Query, Response, status
 from redis.exceptions import RedisError
 from sqlalchemy.orm import Session
 
 from api.deps import CurrentKey, SessionDep, SettingsDep, StoreDep
 from api.schemas import JobCreate, JobList, JobPublic
-from api.submission import create_job_row, enqueue_committed
+from api.submission import (
+    create_job_row,
+    enqueue_committed,
+    idempotent_replay,
+    parse_prefer_wait,
+    remember_idempotency_key,
+    request_fingerprint,
+    wait_for_job,
+)
 from core.errors import Conflict, NotFound
 from core.redis_client import cancel_key, get_redis
 from db import jobs as job_queries
 from db.models import Job, JobStatus
+from workers.events import JobEvents, append_live, stream_key
 from workers.presets import get_preset
 
 router = APIRouter(prefix="/v1/jobs", tags=["jobs"])
 
 
-def _job_or_404(session: Session, job_id: str, key: CurrentKey, *, for_update: bool = False) -> Job:
+def job_or_404(session: Session, job_id: str, key: CurrentKey, *, for_update: bool = False) -> Job:
     try:
         parsed = uuid.UUID(job_id)
     except ValueError:
@@ -30,16 +40,45 @@ def _job_or_404(session: Session, job_id: str, key: CurrentKey, *, for_update: b
     return job
 
 
-@router.post("", status_code=status.HTTP_202_ACCEPTED, response_model=JobPublic)
+@router.post(
+    "",
+    status_code=status.HTTP_202_ACCEPTED,
+    response_model=JobPublic,
+    responses={200: {"model": JobPublic, "description": "the job ended within Prefer: wait"}},
+)
 def create_job(
-    body: JobCreate, key: CurrentKey, session: SessionDep, store: StoreDep, settings: SettingsDep
+    body: JobCreate,
+    key: CurrentKey,
+    session: SessionDep,
+    store: StoreDep,
+    settings: SettingsDep,
+    response: Response,
+    idempotency_key: Annotated[str | None, Header(min_length=1, max_length=255)] = None,
+    prefer: Annotated[str | None, Header(max_length=200)] = None,
 ) -> JobPublic:
-    """Record a job and enqueue its first stage."""
-    job = create_job_row(
-        session, key=key, body=body, preset=get_preset(settings.model_preset), store=store, settings=settings
-    )
-    session.commit()
-    enqueue_committed(session, job)
+    """Record a job and enqueue its first stage (``Idempotency-Key`` and ``Prefer: wait=N`` honoured)."""
+    wait_s = parse_prefer_wait(prefer)
+    fingerprint = request_fingerprint(body) if idempotency_key else ""
+    job = None
+    if idempotency_key:
+        job = idempotent_replay(session, key=key, idempotency_key=idempotency_key, fingerprint=fingerprint)
+    if job is None:
+        job = create_job_row(
+            session, key=key, body=body, preset=get_preset(settings.model_preset), store=store, settings=settings
+        )
+        if idempotency_key and not remember_idempotency_key(
+            session, key=key, idempotency_key=idempotency_key, fingerprint=fingerprint, job=job
+        ):
+            job = idempotent_replay(session, key=key, idempotency_key=idempotency_key, fingerprint=fingerprint)
+            assert job is not None  # the request that won the race committed it
+        else:
+            session.commit()
+            append_live(job.id, "status", {"status": str(job.status)})
+            enqueue_committed(session, job)
+    if wait_s > 0 and not JobStatus(job.status).is_terminal:
+        job = wait_for_job(session, job, wait_s)
+    if JobStatus(job.status).is_terminal and wait_s > 0:
+        response.status_code = status.HTTP_200_OK
     return JobPublic.from_row(job, store, settings.presign_ttl_s)
 
 
@@ -64,15 +103,18 @@ def list_jobs(
 @router.get("/{job_id}", response_model=JobPublic)
 def read_job(job_id: str, key: CurrentKey, session: SessionDep, store: StoreDep, settings: SettingsDep) -> JobPublic:
     """One job, with its stages and, once it succeeded, its images."""
-    return JobPublic.from_row(_job_or_404(session, job_id, key), store, settings.presign_ttl_s)
+    return JobPublic.from_row(job_or_404(session, job_id, key), store, settings.presign_ttl_s)
 
 
 @router.post("/{job_id}/cancel", response_model=JobPublic)
 def cancel_job(job_id: str, key: CurrentKey, session: SessionDep, store: StoreDep, settings: SettingsDep) -> JobPublic:
     """Cancel now, or as soon as the running stage notices."""
-    job = _job_or_404(session, job_id, key, for_update=True)
-    job_queries.request_cancel(job)
+    job = job_or_404(session, job_id, key, for_update=True)
+    events = JobEvents(session)
+    if job_queries.request_cancel(job):
+        events.finished(job)
     session.commit()
+    events.publish()
     if job.cancel_requested:
         # The stage's progress callback reads the flag from the row as well; Redis only makes it cheap.
         with suppress(RedisError):
@@ -83,7 +125,7 @@ def cancel_job(job_id: str, key: CurrentKey, session: SessionDep, store: StoreDe
 @router.post("/{job_id}/retry", response_model=JobPublic)
 def retry_job(job_id: str, key: CurrentKey, session: SessionDep, store: StoreDep, settings: SettingsDep) -> JobPublic:
     """Queue a failed or canceled job again from its first unfinished stage."""
-    job = _job_or_404(session, job_id, key, for_update=True)
+    job = job_or_404(session, job_id, key, for_update=True)
     if job.status not in (JobStatus.FAILED, JobStatus.CANCELED):
         raise Conflict(f"only failed or canceled jobs can be retried; this one is {job.status}", field="status")
     job_queries.reset_for_retry(job)
@@ -93,6 +135,8 @@ def retry_job(job_id: str, key: CurrentKey, session: SessionDep, store: StoreDep
         first.queued_at = job_queries.now()
     session.commit()
     with suppress(RedisError):
-        get_redis().delete(cancel_key(job.id))
+        # The old stream ends with "done": a new run starts a new stream.
+        get_redis().delete(cancel_key(job.id), stream_key(job.id))
+    append_live(job.id, "status", {"status": str(job.status)})
     enqueue_committed(session, job)
     return JobPublic.from_row(job, store, settings.presign_ttl_s)

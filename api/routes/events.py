@@ -1,0 +1,91 @@
+"""/v1/jobs/{id}/events: a job's progress as Server-Sent Events, resumable with Last-Event-ID."""
+
+import asyncio
+import json
+from collections.abc import AsyncIterator
+from typing import Annotated, Any
+
+import redis.asyncio as aioredis
+from fastapi import APIRouter, Header
+from fastapi.responses import StreamingResponse
+from redis.exceptions import RedisError
+from starlette.concurrency import run_in_threadpool
+
+from api.deps import CurrentKey, SessionDep
+from api.routes.jobs import job_or_404
+from core.config import get_settings
+from core.redis_client import client_url
+from db import jobs as job_queries
+from db.models import JobStatus
+from db.session import session_scope
+from workers.events import stream_key
+
+router = APIRouter(prefix="/v1/jobs", tags=["jobs"])
+
+KEEPALIVE_S = 15.0
+_STREAM_ID_CHARS = set("0123456789-")
+
+
+def _frame(event: str, data: str, event_id: str | None = None) -> str:
+    head = f"id: {event_id}\n" if event_id else ""
+    return f"{head}event: {event}\ndata: {data}\n\n"
+
+
+def _final_state(job_id: object) -> tuple[str, str] | None:
+    """(status, error) of an ended job, read from its row; None while it runs."""
+    with session_scope() as session:
+        job = job_queries.get_job(session, job_id=job_id)  # type: ignore[arg-type]
+        if job is None or not JobStatus(job.status).is_terminal:
+            return None
+        return str(job.status), json.dumps({"status": str(job.status), "error": job.error})
+
+
+async def _stream(job_id: object, last_event_id: str) -> AsyncIterator[str]:
+    client = aioredis.Redis.from_url(client_url(get_settings().redis_url), socket_connect_timeout=2)
+    key = stream_key(job_id)
+    try:
+        while True:
+            replies: Any
+            try:
+                replies = await client.xread({key: last_event_id}, block=int(KEEPALIVE_S * 1000), count=100)
+            except RedisError:
+                replies = None
+            for _stream_name, entries in replies or []:
+                for entry_id, fields in entries:
+                    last_event_id = entry_id.decode()
+                    event = fields[b"event"].decode()
+                    yield _frame(event, fields[b"data"].decode(), last_event_id)
+                    if event == "done":
+                        return
+            if replies:
+                continue
+            # Nothing new: the job may have ended while its stream was lost (Redis restarted) or expired.
+            final = await run_in_threadpool(_final_state, job_id)
+            if final is not None:
+                status, data = final
+                yield _frame("status", data)
+                yield _frame("done", json.dumps({"status": status}))
+                return
+            if replies is None:  # Redis is down: poll the row instead of spinning
+                await asyncio.sleep(1.0)
+            yield ": keepalive\n\n"
+    finally:
+        await client.aclose()
+
+
+@router.get("/{job_id}/events", response_class=StreamingResponse)
+def stream_job_events(
+    job_id: str,
+    key: CurrentKey,
+    session: SessionDep,
+    last_event_id: Annotated[str | None, Header(max_length=64)] = None,
+) -> StreamingResponse:
+    """Server-Sent Events: ``status``, ``stage``, ``progress`` and a final ``done``; resume with Last-Event-ID."""
+    job = job_or_404(session, job_id, key)
+    start = last_event_id if last_event_id and set(last_event_id) <= _STREAM_ID_CHARS else "0-0"
+    session.close()  # the stream may last minutes: hold no database connection meanwhile
+    return StreamingResponse(
+        _stream(job.id, start),
+        media_type="text/event-stream",
+        headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
+    )

@@ -1,0 +1,375 @@
+"""Webhook delivery through the real worker process, Postgres and Redis, to a loopback receiver."""
+
+import itertools
+import threading
+import time
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
+from datetime import timedelta
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+
+import pytest
+from standardwebhooks import Webhook
+from standardwebhooks.webhooks import WebhookVerificationError
+
+from tests.servers import System, wait_until
+
+# The system's schedule (tests/servers.py): three retries after the first attempt, then failed.
+SCHEDULE_S = [0.2, 0.4, 0.8]
+ATTEMPTS = 1 + len(SCHEDULE_S)
+
+
+@dataclass(frozen=True)
+class Request:
+    path: str
+    headers: dict[str, str]
+    body: bytes
+    at: float
+
+
+class Receiver:
+    """A webhook receiver on 127.0.0.1 whose answers each test scripts."""
+
+    def __init__(self) -> None:
+        self.statuses: list[int] = []  # answered in order, then ``then``
+        self.then = 200
+        self.delay_s = 0.0
+        self.requests: list[Request] = []
+        self._lock = threading.Lock()
+        self.server = _QuietServer(("127.0.0.1", 0), self._handler())
+        self.port = self.server.server_address[1]
+        self.thread = threading.Thread(target=self.server.serve_forever, name="webhook-receiver", daemon=True)
+        self.thread.start()
+
+    def url(self, path: str = "/hook") -> str:
+        return f"http://127.0.0.1:{self.port}{path}"
+
+    def answer(self, *statuses: int, then: int = 200, delay_s: float = 0.0) -> None:
+        with self._lock:
+            self.statuses, self.then, self.delay_s = list(statuses), then, delay_s
+
+    def received(self, path: str = "/hook") -> list[Request]:
+        with self._lock:
+            return [r for r in self.requests if r.path == path]
+
+    def wait_for(self, count: int, timeout_s: float = 30) -> list[Request]:
+        return wait_until(
+            lambda: (got := self.received()) and len(got) >= count and got, timeout_s, f"{count} deliveries"
+        )
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+        self.thread.join(timeout=5)
+
+    def _next(self, request: Request) -> tuple[int, float]:
+        with self._lock:
+            self.requests.append(request)
+            status = self.statuses.pop(0) if self.statuses else self.then
+            return status, self.delay_s
+
+    def _handler(self) -> type[BaseHTTPRequestHandler]:
+        receiver = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self) -> None:
+                body = self.rfile.read(int(self.headers.get("content-length") or 0))
+                headers = {k.lower(): v for k, v in self.headers.items()}
+                status, delay_s = receiver._next(Request(self.path, headers, body, time.monotonic()))
+                time.sleep(delay_s)
+                self.send_response(status)
+                if 300 <= status < 400:
+                    self.send_header("location", receiver.url("/landed"))
+                self.send_header("content-length", "0")
+                self.end_headers()
+
+            do_GET = do_POST
+
+            def log_message(self, format: str, *args: Any) -> None:
+                pass
+
+        return Handler
+
+
+class _QuietServer(ThreadingHTTPServer):
+    daemon_threads = True
+
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        pass  # a client that timed out and hung up before the (delayed) answer
+
+
+@pytest.fixture(scope="module")
+def hooks(system: System) -> Any:
+    """workers.webhooks, imported once the system's settings are in this process's environment."""
+    from workers import webhooks
+    from workers.celery_app import app
+
+    assert app.conf.broker_url == system.env["IMAGEN_REDIS_URL"], "workers.celery_app was imported too early"
+    return webhooks
+
+
+@pytest.fixture
+def receiver() -> Iterator[Receiver]:
+    receiver = Receiver()
+    yield receiver
+    receiver.close()
+
+
+@dataclass(frozen=True)
+class Outbox:
+    event_id: uuid.UUID
+    job_id: uuid.UUID
+    secret: str
+    payload: dict[str, Any]
+
+
+def _new_event(url: str, type: str = "job.succeeded") -> Outbox:
+    """A tenant, an ended job whose webhook points at ``url``, and one event of it in the outbox."""
+    from db import jobs, tenants
+    from db.models import JobStatus
+    from db.session import session_scope
+    from db.webhooks import record_event
+
+    with session_scope() as session:
+        tenant = tenants.get_or_create_tenant(session, name=f"hooks-{uuid.uuid4().hex[:8]}")
+        job = jobs.create_job(
+            session,
+            tenant_id=tenant.id,
+            kind="generate",
+            preset="tiny",
+            input={"prompt": "a corgi"},
+            stages=[("encode_text", "text")],
+        )
+        # Ended, so that the job sweeper never runs it: only the webhook is under test.
+        jobs.finish_job(job, JobStatus.SUCCEEDED)
+        job.webhook = {"url": url, "events": ["completed"]}
+        payload = {"type": type, "data": {"id": str(job.id), "status": "succeeded", "prompt": "a corgi 🐕"}}
+        event = record_event(session, job=job, type=type, payload=payload)
+        assert event is not None
+        return Outbox(event.id, job.id, tenant.webhook_secret, payload)
+
+
+@dataclass(frozen=True)
+class Delivery:
+    status: str
+    attempts: int
+    delivered: bool
+    log: list[tuple[int | None, str | None, int]]  # (status code, error, latency ms) per attempt
+    attempted_at: list[float]
+
+
+def _delivery(job_id: uuid.UUID) -> Delivery:
+    from db.session import session_scope
+    from db.webhooks import list_deliveries
+
+    with session_scope() as session:
+        (event,) = list_deliveries(session, job_id=job_id)
+        return Delivery(
+            event.status,
+            event.attempts,
+            event.delivered_at is not None,
+            [(a.status_code, a.error, a.latency_ms) for a in event.attempt_log],
+            [a.attempted_at.timestamp() for a in event.attempt_log],
+        )
+
+
+def _wait_settled(job_id: uuid.UUID, attempts_logged: int | None = None, timeout_s: float = 60) -> Delivery:
+    def settled() -> Delivery | None:
+        delivery = _delivery(job_id)
+        if delivery.status == "pending":
+            return None
+        if attempts_logged is not None and len(delivery.log) < attempts_logged:
+            return None
+        return delivery
+
+    return wait_until(settled, timeout_s, f"the webhook of job {job_id} to settle", 0.1)
+
+
+def test_delivery_is_signed_per_standard_webhooks(hooks: Any, receiver: Receiver) -> None:
+    outbox = _new_event(receiver.url())
+    assert hooks.enqueue_delivery(outbox.event_id)
+
+    (request,) = receiver.wait_for(1)
+    assert request.headers["webhook-id"] == f"msg_{outbox.event_id.hex}"
+    assert request.headers["content-type"] == "application/json"
+    assert request.headers["user-agent"] == "imagen-queue-webhooks/1"
+    assert request.headers["webhook-signature"].startswith("v1,")
+    assert abs(int(request.headers["webhook-timestamp"]) - time.time()) < 60
+    assert Webhook(outbox.secret).verify(request.body, request.headers) == outbox.payload
+
+    tampered = request.body.replace(b"succeeded", b"failed")
+    assert tampered != request.body
+    with pytest.raises(WebhookVerificationError):
+        Webhook(outbox.secret).verify(tampered, request.headers)
+    with pytest.raises(WebhookVerificationError):
+        Webhook("whsec_" + "QUJD" * 8).verify(request.body, request.headers)
+
+    delivery = _wait_settled(outbox.job_id)
+    assert (delivery.status, delivery.attempts, delivery.delivered) == ("delivered", 1, True)
+    assert [code for code, _, _ in delivery.log] == [200]
+
+
+def test_failing_receiver_gets_retries_on_the_schedule_then_the_event(hooks: Any, receiver: Receiver) -> None:
+    receiver.answer(500, 500, 500, then=200)
+    outbox = _new_event(receiver.url())
+    assert hooks.enqueue_delivery(outbox.event_id)
+
+    delivery = _wait_settled(outbox.job_id)
+    assert (delivery.status, delivery.attempts, delivery.delivered) == ("delivered", 4, True)
+    assert [code for code, _, _ in delivery.log] == [500, 500, 500, 200]
+    assert all("500" in (error or "") for _, error, _ in delivery.log[:3]) and delivery.log[3][1] is None
+
+    requests = receiver.received()
+    assert len(requests) == 4
+    assert {r.headers["webhook-id"] for r in requests} == {f"msg_{outbox.event_id.hex}"}
+    for request in requests:
+        Webhook(outbox.secret).verify(request.body, request.headers)
+    gaps = [b.at - a.at for a, b in itertools.pairwise(requests)]
+    for gap, planned in zip(gaps, SCHEDULE_S, strict=True):
+        assert gap >= planned * 0.8 - 0.02, (gaps, SCHEDULE_S)
+
+
+def test_unanswering_receiver_ends_failed_with_every_attempt_logged(hooks: Any, receiver: Receiver) -> None:
+    receiver.answer(then=200, delay_s=2.5)  # past IMAGEN_WEBHOOK_TIMEOUT_S=1
+    outbox = _new_event(receiver.url())
+    assert hooks.enqueue_delivery(outbox.event_id)
+
+    delivery = _wait_settled(outbox.job_id)
+    assert (delivery.status, delivery.attempts, delivery.delivered) == ("failed", ATTEMPTS, False)
+    assert len(delivery.log) == ATTEMPTS
+    for code, error, latency_ms in delivery.log:
+        assert code is None
+        assert error is not None and "did not finish within 1 s" in error
+        assert 900 <= latency_ms < 2500
+
+
+def test_redirect_is_not_followed_and_counts_as_a_failure(hooks: Any, receiver: Receiver) -> None:
+    receiver.answer(then=302)
+    outbox = _new_event(receiver.url())
+    assert hooks.enqueue_delivery(outbox.event_id)
+
+    delivery = _wait_settled(outbox.job_id)
+    assert (delivery.status, delivery.attempts) == ("failed", ATTEMPTS)
+    assert [code for code, _, _ in delivery.log] == [302] * ATTEMPTS
+    assert all("redirects are not followed" in (error or "") for _, error, _ in delivery.log)
+    assert len(receiver.received()) == ATTEMPTS
+    assert receiver.received("/landed") == []
+
+
+def test_refused_connection_is_retried_and_an_unusable_url_is_not(hooks: Any, receiver: Receiver) -> None:
+    closed = Receiver()
+    closed.close()  # nothing listens on its port any more
+    refused = _new_event(closed.url())
+    unusable = _new_event(f"ftp://127.0.0.1:{receiver.port}/hook")
+    assert hooks.enqueue_delivery(refused.event_id)
+    assert hooks.enqueue_delivery(unusable.event_id)
+
+    delivery = _wait_settled(refused.job_id)
+    assert (delivery.status, len(delivery.log)) == ("failed", ATTEMPTS)
+    assert all(code is None and error for code, error, _ in delivery.log)
+
+    delivery = _wait_settled(unusable.job_id)
+    assert (delivery.status, len(delivery.log)) == ("failed", 1)
+    ((code, error, _),) = delivery.log
+    assert code is None and error is not None and "scheme 'ftp'" in error
+    assert receiver.received() == []
+
+
+def test_record_event_honours_the_events_filter(hooks: Any) -> None:
+    from db import jobs, tenants
+    from db.session import new_session
+    from db.webhooks import record_event
+
+    session = new_session()
+    try:
+        tenant = tenants.get_or_create_tenant(session, name=f"hooks-{uuid.uuid4().hex[:8]}")
+        job = jobs.create_job(
+            session, tenant_id=tenant.id, kind="generate", preset="tiny", input={}, stages=[("encode_text", "text")]
+        )
+        types = ["job.started", "job.stage", "job.succeeded", "job.failed", "job.canceled"]
+
+        def recorded(webhook: dict[str, Any] | None) -> list[str]:
+            job.webhook = webhook
+            kept = [t for t in types if record_event(session, job=job, type=t, payload={"type": t}) is not None]
+            return kept
+
+        assert recorded(None) == []
+        assert recorded({"url": "https://example.com/h", "events": ["started"]}) == ["job.started"]
+        assert recorded({"url": "https://example.com/h", "events": ["stage"]}) == ["job.stage"]
+        assert recorded({"url": "https://example.com/h", "events": ["completed"]}) == types[2:]
+        assert recorded({"url": "https://example.com/h", "events": ["started", "completed"]}) == [types[0], *types[2:]]
+        assert recorded({"url": "https://example.com/h", "events": []}) == types
+        assert recorded({"url": "https://example.com/h"}) == types
+
+        event = record_event(session, job=job, type="job.failed", payload={"type": "job.failed"})
+        assert event is not None
+        assert (event.url, event.tenant_id, event.job_id, event.status, event.attempts) == (
+            "https://example.com/h",
+            tenant.id,
+            job.id,
+            "pending",
+            0,
+        )
+    finally:
+        session.rollback()  # nothing of this reaches the outbox
+        session.close()
+
+
+def test_redelivery_after_failure_delivers_again_on_a_fresh_schedule(hooks: Any, receiver: Receiver) -> None:
+    from db.session import session_scope
+    from db.webhooks import get_event, reset_for_redelivery
+
+    receiver.answer(then=503)
+    outbox = _new_event(receiver.url())
+    assert hooks.enqueue_delivery(outbox.event_id)
+    assert _wait_settled(outbox.job_id).status == "failed"
+
+    # Two more failures would end a spent schedule at once; a fresh one survives them.
+    receiver.answer(503, 503, then=200)
+    with session_scope() as session:
+        event = get_event(session, event_id=outbox.event_id, for_update=True)
+        assert event is not None
+        reset_for_redelivery(event)
+    assert hooks.enqueue_delivery(outbox.event_id)
+
+    delivery = _wait_settled(outbox.job_id)
+    assert (delivery.status, delivery.attempts, delivery.delivered) == ("delivered", 3, True)
+    assert [code for code, _, _ in delivery.log] == [503] * ATTEMPTS + [503, 503, 200]
+    assert delivery.attempted_at == sorted(delivery.attempted_at)
+    assert {r.headers["webhook-id"] for r in receiver.received()} == {f"msg_{outbox.event_id.hex}"}
+
+
+def test_duplicate_messages_deliver_once(hooks: Any, receiver: Receiver) -> None:
+    outbox = _new_event(receiver.url())
+    for _ in range(3):
+        assert hooks.enqueue_delivery(outbox.event_id)
+
+    delivery = _wait_settled(outbox.job_id)
+    time.sleep(1.0)  # room for the duplicates to run, and to find the event delivered
+    assert len(receiver.received()) == 1
+    assert _delivery(outbox.job_id).log == delivery.log and len(delivery.log) == 1
+
+
+def test_sweeper_enqueues_events_whose_message_was_lost(hooks: Any, receiver: Receiver) -> None:
+    from db.models import WebhookEvent
+    from db.session import session_scope
+    from db.webhooks import now
+
+    outbox = _new_event(receiver.url())  # never enqueued: as if the broker was down
+    recent = _new_event(receiver.url("/recent"))
+    with session_scope() as session:
+        event = session.get(WebhookEvent, outbox.event_id)
+        assert event is not None
+        event.next_attempt_at = now() - timedelta(minutes=2)
+
+    assert hooks.sweep_due_webhooks() >= 1
+    assert _wait_settled(outbox.job_id).status == "delivered"
+    # An event due only just now may still have its message on the way: the sweeper leaves it alone.
+    assert receiver.received("/recent") == []
+    assert _delivery(recent.job_id).status == "pending"
+    with session_scope() as session:
+        event = session.get(WebhookEvent, recent.event_id)
+        assert event is not None
+        session.delete(event)  # so no later sweep delivers it to a closed receiver

@@ -1,0 +1,192 @@
+"""Webhook delivery: a task on the ``webhooks`` queue POSTs one outbox event, signed per Standard Webhooks.
+
+Each attempt is logged. A 2xx answer delivers the event; anything else (an error status, a redirect, a
+timeout, a refused connection) is retried on ``webhook_retry_schedule_s``, after whose last entry the
+event ends failed. A URL the address guard refuses fails at once. The event's row stays locked during
+its HTTP call, so a duplicate message (a broker redelivery, the sweeper) can never deliver it twice at
+once: it skips the locked row, and finds the event settled or not yet due afterwards.
+"""
+
+import json
+import logging
+import math
+import random
+import time
+import uuid
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from kombu.exceptions import KombuError
+from redis.exceptions import RedisError
+from standardwebhooks import Webhook
+
+from core.address_guard import BlockedAddress, FetchError, FetchFailed, InvalidUrl, TooLarge, fetch
+from core.config import Settings, get_settings
+from db import webhooks as webhook_queries
+from db.models import Tenant, WebhookEvent
+from db.session import session_scope
+from workers.celery_app import app
+
+log = logging.getLogger(__name__)
+
+DELIVER_TASK = "imagen.deliver_webhook"
+USER_AGENT = "imagen-queue-webhooks/1"
+MAX_RESPONSE_BYTES = 65536
+# The sweeper re-enqueues only events overdue by this much: a younger one's message is still on its way.
+SWEEP_GRACE_S = 30.0
+# A countdown message stays unacknowledged until it runs, and Redis hands unacknowledged messages to
+# another worker after its visibility timeout: longer waits are left to the sweeper.
+_LONGEST_COUNTDOWN_S = 900.0
+# A message that arrives this long before its event is due is a duplicate; the scheduled one follows.
+_EARLY_TOLERANCE_S = 1.0
+_REDIRECT_STATUSES = frozenset({301, 302, 303, 307, 308})
+_PUBLISH_RETRY = {"max_retries": 2, "interval_start": 0.1, "interval_step": 0.2, "interval_max": 0.5}
+
+
+@dataclass(frozen=True)
+class AttemptResult:
+    """What one POST came to."""
+
+    status_code: int | None
+    latency_ms: int
+    error: str | None = None
+    delivered: bool = False
+    hopeless: bool = False  # the URL can never be delivered to: no point in retrying
+
+
+def message_id(event_id: uuid.UUID) -> str:
+    """The ``webhook-id`` of an event: the same on every attempt, so receivers can drop duplicates."""
+    return "msg_" + event_id.hex
+
+
+def event_body(payload: dict[str, Any]) -> str:
+    """The JSON body of an event: compact, keys sorted, the same bytes on every attempt."""
+    return json.dumps(payload, separators=(",", ":"), sort_keys=True)
+
+
+def sign(secret: str, msg_id: str, timestamp: datetime, body: str) -> dict[str, str]:
+    """The headers of a Standard Webhooks delivery of ``body`` signed with the tenant's ``whsec_`` secret."""
+    # standardwebhooks reads the timestamp's wall clock as UTC: hand it UTC (a naive one is taken as UTC).
+    utc = timestamp.astimezone(UTC) if timestamp.tzinfo is not None else timestamp.replace(tzinfo=UTC)
+    return {
+        "webhook-id": msg_id,
+        "webhook-timestamp": str(math.floor(utc.timestamp())),
+        "webhook-signature": Webhook(secret).sign(msg_id, utc, body),
+        "content-type": "application/json",
+        "user-agent": USER_AGENT,
+    }
+
+
+def post_event(event: WebhookEvent, secret: str, settings: Settings) -> AttemptResult:
+    """POST ``event`` once through the address guard (checked again now: DNS may have changed)."""
+    body = event_body(event.payload)
+    headers = sign(secret, message_id(event.id), datetime.now(UTC), body)
+    started = time.monotonic()
+
+    def elapsed_ms() -> int:
+        return int((time.monotonic() - started) * 1000)
+
+    try:
+        result = fetch(
+            event.url,
+            allow_private=settings.webhook_allow_private,
+            max_bytes=MAX_RESPONSE_BYTES,
+            timeout_s=settings.webhook_timeout_s,
+            method="POST",
+            content=body.encode(),
+            headers=headers,
+            max_redirects=0,
+        )
+    except (InvalidUrl, BlockedAddress) as exc:
+        return AttemptResult(None, elapsed_ms(), f"{exc}; the event will not be retried", hopeless=True)
+    except TooLarge:
+        # Only a 2xx answer's body is read: the receiver took the event, and its long answer is ignored.
+        return AttemptResult(
+            None, elapsed_ms(), f"answered 2xx with a body over {MAX_RESPONSE_BYTES} bytes (ignored)", delivered=True
+        )
+    except FetchFailed as exc:
+        if exc.status_code in _REDIRECT_STATUSES:
+            error = f"POST {event.url} answered {exc.status_code}, a redirect; webhook redirects are not followed"
+            return AttemptResult(exc.status_code, elapsed_ms(), error)
+        return AttemptResult(exc.status_code, elapsed_ms(), str(exc))
+    except FetchError as exc:  # FetchTimeout, UnresolvableHost: may work next time
+        return AttemptResult(None, elapsed_ms(), str(exc))
+    return AttemptResult(result.status_code, elapsed_ms(), delivered=True)
+
+
+def retry_delay_s(attempts: int, schedule: list[float]) -> float | None:
+    """Seconds until attempt ``attempts + 1`` (jittered +-20%), or None once the schedule is spent."""
+    if attempts > len(schedule):
+        return None
+    return schedule[attempts - 1] * random.uniform(0.8, 1.2)
+
+
+@app.task(name=DELIVER_TASK, acks_late=True)
+def deliver_webhook(event_id: str) -> None:
+    """Deliver one outbox event: POST it, log the attempt, then settle it or schedule the next attempt."""
+    settings = get_settings()
+    retry_in: float | None = None
+    with session_scope() as session:
+        event = webhook_queries.claim_event_for_delivery(session, event_id=uuid.UUID(event_id))
+        if event is None:
+            return  # settled, gone, or being delivered by another worker right now
+        if event.next_attempt_at > webhook_queries.now() + timedelta(seconds=_EARLY_TOLERANCE_S):
+            return  # a duplicate message: the one scheduled for next_attempt_at follows
+        tenant = session.get(Tenant, event.tenant_id)
+        if tenant is None:
+            raise LookupError(f"webhook event {event.id} has no tenant {event.tenant_id}")
+        attempted_at = webhook_queries.now()
+        result = post_event(event, tenant.webhook_secret, settings)
+        webhook_queries.record_attempt(
+            session,
+            event=event,
+            status_code=result.status_code,
+            latency_ms=result.latency_ms,
+            error=result.error,
+            attempted_at=attempted_at,
+        )
+        delay = None if result.hopeless else retry_delay_s(event.attempts, settings.webhook_retry_schedule_s)
+        if result.delivered:
+            webhook_queries.mark_delivered(event)
+            log.info("webhook %s (%s) delivered to %s", event.id, event.type, event.url)
+        elif delay is None:
+            webhook_queries.mark_failed(event)
+            log.warning("webhook %s failed after %d attempts: %s", event.id, event.attempts, result.error)
+        else:
+            webhook_queries.schedule_retry(event, delay_s=delay)
+            retry_in = delay if delay <= _LONGEST_COUNTDOWN_S else None
+            log.info("webhook %s attempt %d: %s; next in %.1f s", event.id, event.attempts, result.error, delay)
+    # After the commit: the next attempt must find the schedule it was sent for.
+    if retry_in is not None:
+        enqueue_delivery(uuid.UUID(event_id), countdown=retry_in)
+
+
+def enqueue_delivery(event_id: uuid.UUID | str, countdown: float = 0) -> bool:
+    """Send a delivery task for the event to the webhooks queue; False (logged) when the broker is down.
+
+    The event is already in the outbox: the sweeper enqueues it once the broker is back.
+    """
+    try:
+        deliver_webhook.apply_async(
+            args=(str(event_id),),
+            countdown=countdown or None,
+            queue="webhooks",
+            retry=True,
+            retry_policy=_PUBLISH_RETRY,
+        )
+    except (KombuError, RedisError, OSError) as exc:
+        log.warning("could not enqueue webhook %s: %s; the sweeper will", event_id, exc)
+        return False
+    return True
+
+
+def sweep_due_webhooks(limit: int = 500) -> int:
+    """Enqueue again the deliveries of events overdue by more than the grace time; returns how many."""
+    before = webhook_queries.now() - timedelta(seconds=SWEEP_GRACE_S)
+    with session_scope() as session:
+        event_ids = webhook_queries.due_events(session, before=before, limit=limit)
+    sent = sum(enqueue_delivery(event_id) for event_id in event_ids)
+    if event_ids:
+        log.info("re-enqueued %d of %d overdue webhook deliveries", sent, len(event_ids))
+    return sent
