@@ -78,6 +78,7 @@ def _interrupt(*_: object) -> None:
 def run_embedded(host: str, port: int) -> int:
     """Start everything, print the address and the admin key, and run until interrupted."""
     from cli.services import RedisServer, postgres_data_dir, start_postgres
+    from workers.celery_app import CPU_QUEUES, MODEL_QUEUES
 
     base = Settings()
     data_dir = base.data_dir
@@ -116,7 +117,11 @@ def run_embedded(host: str, port: int) -> int:
 
     children = [
         _spawn("api", ["api", "--host", host, "--port", str(port)], env, logs),
-        _spawn("worker", ["worker", "--pool", "solo"], env, logs),
+        # One model worker (as on one GPU), and one for webhooks and control tasks, so a slow webhook
+        # receiver never holds up a model stage.
+        _spawn("worker", ["worker", "--pool", "solo", "--queues", ",".join(MODEL_QUEUES)], env, logs),
+        _spawn("cpu-worker", ["worker", "--pool", "threads", "--concurrency", "4", "--queues", ",".join(CPU_QUEUES)],
+               env, logs),
         _spawn("beat", ["beat"], env, logs),
     ]
 

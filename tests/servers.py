@@ -15,6 +15,7 @@ from pathlib import Path
 import httpx
 
 from cli.services import RedisServer, free_port, start_postgres
+from workers.celery_app import CPU_QUEUES, MODEL_QUEUES
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -129,6 +130,7 @@ class System:
         self.env: dict[str, str] = {}
         self.api: ChildProcess | None = None
         self.worker: ChildProcess | None = None
+        self.cpu_worker: ChildProcess | None = None
         self.beat: ChildProcess | None = None
         self._pg: object = None
 
@@ -167,6 +169,7 @@ class System:
     def start_processes(self) -> None:
         self.api = ChildProcess("api", ["api", "--port", str(self.api_port)], self.env, self.logs).start()
         self.worker = self.new_worker()
+        self.cpu_worker = self.new_cpu_worker()
         self.beat = ChildProcess(
             "beat",
             ["beat", "--schedule", str(self.root / "celerybeat-schedule"), "--loglevel", "INFO"],
@@ -184,11 +187,18 @@ class System:
         wait_until(ready, 60, "the API to be ready")
 
     def new_worker(self, name: str = "worker") -> ChildProcess:
-        """Start a worker that consumes every queue (solo pool, as on a GPU machine)."""
-        return ChildProcess(name, ["worker", "--pool", "solo", "--loglevel", "INFO"], self.env, self.logs).start()
+        """Start a model worker (solo pool, as on a GPU machine) for the model stages' queues."""
+        queues = ",".join(MODEL_QUEUES)
+        return ChildProcess(name, ["worker", "--pool", "solo", "--queues", queues], self.env, self.logs).start()
+
+    def new_cpu_worker(self, name: str = "cpu-worker") -> ChildProcess:
+        """Start the worker for webhook deliveries and control tasks (finalize, sweeps), as in production."""
+        queues = ",".join(CPU_QUEUES)
+        args = ["worker", "--pool", "threads", "--concurrency", "4", "--queues", queues]
+        return ChildProcess(name, args, self.env, self.logs).start()
 
     def stop(self) -> None:
-        for child in (self.worker, self.beat, self.api):
+        for child in (self.worker, self.cpu_worker, self.beat, self.api):
             if child is not None:
                 child.stop()
         self.redis.stop()

@@ -5,6 +5,7 @@ import threading
 import time
 import uuid
 from collections.abc import Iterator
+from datetime import datetime
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
@@ -199,3 +200,45 @@ def test_idempotency_key(client: Client) -> None:
     listed = client.http.get("/v1/jobs", params={"limit": 100}).json()["items"]
     assert sum(1 for j in listed if j["metadata"].get("marker") == key) == 1
     client.wait(results[0].json()["id"])
+
+
+def test_a_receiver_that_never_answers_does_not_delay_the_job(client: Client) -> None:
+    hung = threading.Event()
+
+    class Hanging(BaseHTTPRequestHandler):
+        def do_POST(self) -> None:
+            hung.wait(10)  # longer than the delivery timeout (1 s in the test system)
+
+        def log_message(self, *_: Any) -> None:
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Hanging)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        url = f"http://127.0.0.1:{server.server_address[1]}/hook"
+        body = {"kind": "generate", "input": {"prompt": "a corgi", "resolution": 256, "stages": FAST},
+                "webhook": {"url": url}}
+        job = client.wait(client.http.post("/v1/jobs", json=body).json()["id"])
+        assert job["status"] == "succeeded"
+
+        # Deliveries run on the webhooks worker, not between the stages: the job took no longer than its
+        # stages plus their queue hand-offs, while every delivery attempt hung for a whole timeout.
+        def seconds(value: str) -> float:
+            return datetime.fromisoformat(value).timestamp()
+
+        busy = sum(s["duration_ms"] for s in job["stages"]) / 1000
+        wall = seconds(job["finished_at"]) - seconds(job["created_at"])
+        assert wall < busy + 2.0, (wall, busy)
+
+        def all_failed() -> list[dict[str, Any]] | None:
+            items = client.http.get(f"/v1/jobs/{job['id']}/deliveries").json()["items"]
+            return items if len(items) == 5 and all(d["status"] == "failed" for d in items) else None
+
+        deliveries = wait_until(all_failed, 60, "every delivery to end failed")
+        for delivery in deliveries:
+            assert len(delivery["attempts"]) == 4
+            assert all(a["status_code"] is None and a["error"] for a in delivery["attempts"])
+    finally:
+        hung.set()
+        server.shutdown()
+        server.server_close()
