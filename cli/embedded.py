@@ -120,8 +120,12 @@ def run_embedded(host: str, port: int) -> int:
         # One model worker (as on one GPU), and one for webhooks and control tasks, so a slow webhook
         # receiver never holds up a model stage.
         _spawn("worker", ["worker", "--pool", "solo", "--queues", ",".join(MODEL_QUEUES)], env, logs),
-        _spawn("cpu-worker", ["worker", "--pool", "threads", "--concurrency", "4", "--queues", ",".join(CPU_QUEUES)],
-               env, logs),
+        _spawn(
+            "cpu-worker",
+            ["worker", "--pool", "threads", "--concurrency", "4", "--queues", ",".join(CPU_QUEUES)],
+            env,
+            logs,
+        ),
         _spawn("beat", ["beat"], env, logs),
     ]
 

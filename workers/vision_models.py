@@ -7,7 +7,7 @@ import threading
 import time
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, Generic, TypeVar
 
 import PIL.Image
 import torch
@@ -27,14 +27,14 @@ _Model = TypeVar("_Model", bound=PreTrainedModel)
 _Processor = TypeVar("_Processor")
 
 
-class Captioner:
-    """A preset's image-to-text model and its processor, resident on one device."""
+class _ResidentModel(Generic[_Model, _Processor]):
+    """A model and its processor, loaded once and kept resident on one device."""
 
     def __init__(
         self,
         preset: Preset,
-        model: GitForCausalLM,
-        processor: GitProcessor,
+        model: _Model,
+        processor: _Processor,
         *,
         device: str,
         dtype: torch.dtype,
@@ -46,42 +46,25 @@ class Captioner:
         self.device = device
         self.dtype = dtype
         self.load_seconds = load_seconds
-        # One generation at a time: two threads would only contend for the same device.
+        # One forward pass at a time: two threads would only contend for the same device.
         self.run_lock = threading.Lock()
 
     def __repr__(self) -> str:
-        return f"Captioner(preset={self.preset.name!r}, device={self.device!r}, dtype={self.dtype})"
+        return f"{type(self).__name__}(preset={self.preset.name!r}, device={self.device!r}, dtype={self.dtype})"
 
 
-class Embedder:
-    """A preset's image/text embedding model and its processor, resident on one device."""
+class Captioner(_ResidentModel[GitForCausalLM, GitProcessor]):
+    """A preset's image-to-text model (GIT) and its processor."""
 
-    def __init__(
-        self,
-        preset: Preset,
-        model: CLIPModel,
-        processor: CLIPProcessor,
-        *,
-        device: str,
-        dtype: torch.dtype,
-        load_seconds: float,
-    ) -> None:
-        self.preset = preset
-        self.model = model
-        self.processor = processor
-        self.device = device
-        self.dtype = dtype
-        self.load_seconds = load_seconds
+
+class Embedder(_ResidentModel[CLIPModel, CLIPProcessor]):
+    """A preset's image/text embedding model (CLIP) and its processor."""
+
+    def __init__(self, preset: Preset, model: CLIPModel, processor: CLIPProcessor, **where: Any) -> None:
+        super().__init__(preset, model, processor, **where)
         # The tag stored beside every vector, and the vectors' length (checked against the weights on load).
         self.model_id = preset.embedder.model_id
         self.dim = preset.embedder.dim
-        self.run_lock = threading.Lock()
-
-    def __repr__(self) -> str:
-        return (
-            f"Embedder(preset={self.preset.name!r}, model_id={self.model_id!r}, dim={self.dim},"
-            f" device={self.device!r}, dtype={self.dtype})"
-        )
 
 
 def load_captioner(preset: Preset, models_dir: Path) -> Captioner:

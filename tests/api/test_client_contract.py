@@ -216,8 +216,11 @@ def test_a_receiver_that_never_answers_does_not_delay_the_job(client: Client) ->
     threading.Thread(target=server.serve_forever, daemon=True).start()
     try:
         url = f"http://127.0.0.1:{server.server_address[1]}/hook"
-        body = {"kind": "generate", "input": {"prompt": "a corgi", "resolution": 256, "stages": FAST},
-                "webhook": {"url": url}}
+        body = {
+            "kind": "generate",
+            "input": {"prompt": "a corgi", "resolution": 256, "stages": FAST},
+            "webhook": {"url": url},
+        }
         job = client.wait(client.http.post("/v1/jobs", json=body).json()["id"])
         assert job["status"] == "succeeded"
 

@@ -15,7 +15,6 @@ import pytest
 from workers.captioning import caption_images
 from workers.pipelines import ModelsNotFoundError
 from workers.presets import get_preset
-from workers.tiny_models import build_tiny
 from workers.vision_models import Captioner, get_captioner, load_captioner
 
 
@@ -30,13 +29,6 @@ def _images() -> list[PIL.Image.Image]:
     black = PIL.Image.new("RGBA", (1024, 1024), (0, 0, 0, 255))
     white = PIL.Image.new("P", (50, 80), 255)
     return [solid, shape, noise, gradient, black, white]
-
-
-@pytest.fixture(scope="module")
-def models_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    folder = tmp_path_factory.mktemp("models")
-    build_tiny(folder)
-    return folder
 
 
 @pytest.fixture(scope="module")

@@ -40,13 +40,6 @@ class Stop(Exception):
 
 
 @pytest.fixture(scope="module")
-def models_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    folder = tmp_path_factory.mktemp("models")
-    build_tiny(folder)
-    return folder
-
-
-@pytest.fixture(scope="module")
 def cascade(models_dir: Path) -> Cascade:
     return get_cascade("tiny", models_dir)
 

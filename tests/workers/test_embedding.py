@@ -17,7 +17,6 @@ import pytest
 from workers.embedding import embed_images, embed_texts
 from workers.pipelines import ModelsNotFoundError
 from workers.presets import PRESETS, get_preset
-from workers.tiny_models import build_tiny
 from workers.vision_models import Embedder, get_embedder, load_embedder
 
 TEXTS = [
@@ -65,13 +64,6 @@ def varied_images(count: int = 30, size: int = 96, seed: int = 7) -> list[PIL.Im
                 draw.line(ends, fill=colour(), width=rng.randrange(2, 8))
         images.append(image)
     return images
-
-
-@pytest.fixture(scope="module")
-def models_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    folder = tmp_path_factory.mktemp("models")
-    build_tiny(folder)
-    return folder
 
 
 @pytest.fixture(scope="module")
