@@ -1,7 +1,6 @@
 """Dependencies as Annotated aliases, so handler signatures read like sentences."""
 
 from collections.abc import Iterator
-from functools import lru_cache
 from typing import Annotated
 
 from fastapi import Depends, Request
@@ -12,7 +11,7 @@ from core.errors import Forbidden, Unauthorized
 from db import tenants
 from db.models import ApiKey
 from db.session import new_session
-from storage.factory import get_store
+from storage.factory import process_store
 from storage.object_store import ObjectStore
 
 
@@ -22,12 +21,6 @@ def _session() -> Iterator[Session]:
         yield session
     finally:
         session.close()
-
-
-@lru_cache
-def process_store() -> ObjectStore:
-    """The object store of this API process."""
-    return get_store(get_settings())
 
 
 def _store() -> ObjectStore:

@@ -5,14 +5,14 @@ from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
 
-from api.deps import process_store
 from api.errors import install_error_handlers
 from api.routes import events, files, health, jobs, search, webhooks
+from storage.factory import process_store
 
 
 @asynccontextmanager
 async def _lifespan(_: FastAPI) -> AsyncIterator[None]:
-    process_store().ensure_bucket()
+    process_store()  # the bucket exists before the first request
     yield
 
 

@@ -1,6 +1,8 @@
 """get_store: the ObjectStore the settings describe."""
 
-from core.config import Settings
+from functools import lru_cache
+
+from core.config import Settings, get_settings
 from storage.local import LocalObjectStore
 from storage.object_store import ObjectStore
 from storage.s3 import S3ObjectStore
@@ -20,3 +22,11 @@ def get_store(settings: Settings) -> ObjectStore:
             public_endpoint=settings.s3_public_endpoint,
         )
     return LocalObjectStore(settings.objects_dir, settings.public_url, signing_secret(settings))
+
+
+@lru_cache
+def process_store() -> ObjectStore:
+    """This process's store, from the process settings, its bucket ensured once."""
+    store = get_store(get_settings())
+    store.ensure_bucket()
+    return store

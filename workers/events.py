@@ -11,7 +11,6 @@ import logging
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
-from functools import lru_cache
 from typing import Any
 
 from redis.exceptions import RedisError
@@ -21,8 +20,7 @@ from core.config import get_settings
 from core.redis_client import get_redis
 from db.models import Job, JobStage, JobStatus
 from db.session import session_scope
-from storage.factory import get_store
-from storage.object_store import ObjectStore
+from storage.factory import process_store
 
 log = logging.getLogger(__name__)
 
@@ -35,16 +33,11 @@ def stream_key(job_id: object) -> str:
     return f"imagen:events:{job_id}"
 
 
-@lru_cache
-def _store() -> ObjectStore:
-    return get_store(get_settings())
-
-
 def job_json(job: Job) -> dict[str, Any]:
     """The job as clients see it (the API's ``JobPublic``), as JSON."""
     from api.schemas import JobPublic
 
-    return JobPublic.from_row(job, _store(), get_settings().presign_ttl_s).model_dump(mode="json")
+    return JobPublic.from_row(job, process_store(), get_settings().presign_ttl_s).model_dump(mode="json")
 
 
 def append_live(job_id: uuid.UUID, event: str, data: dict[str, Any]) -> None:

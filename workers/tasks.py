@@ -13,7 +13,6 @@ import uuid
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
@@ -30,9 +29,8 @@ from db import jobs as job_queries
 from db.models import JobStage, JobStatus, StageStatus
 from db.session import session_scope
 from storage.errors import StoreUnavailable
-from storage.factory import get_store
+from storage.factory import process_store
 from storage.keys import embeddings_key, image_key
-from storage.object_store import ObjectStore
 from workers.celery_app import app
 from workers.dispatch import ENCODE_TEXT
 from workers.events import append_live, job_transaction
@@ -71,13 +69,6 @@ class StageRun:
     earlier_outputs: dict[str, list[dict[str, Any]]]
     outputs: list[dict[str, Any]] = field(default_factory=list)
     artifacts: list[dict[str, Any]] = field(default_factory=list)
-
-
-@lru_cache
-def _store() -> ObjectStore:
-    store = get_store(get_settings())
-    store.ensure_bucket()
-    return store
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -293,7 +284,7 @@ def _backoff(task: Task) -> float:
 
 def _store_png(run: StageRun, index: int, png: bytes, *, width: int, height: int, seed: int) -> None:
     key = image_key(run.job_id, run.stage, index)
-    _store().put(key, png, "image/png")
+    process_store().put(key, png, "image/png")
     digest = hashlib.sha256(png).hexdigest()
     run.artifacts.append(
         dict(
@@ -344,7 +335,7 @@ def _read_images(keys: list[str]) -> list[Any]:
 
     images = []
     for key in keys:
-        with PIL.Image.open(io.BytesIO(_store().get(key))) as opened:
+        with PIL.Image.open(io.BytesIO(process_store().get(key))) as opened:
             images.append(opened.convert("RGB"))
     return images
 
@@ -358,7 +349,7 @@ def _encode_text(run: StageRun) -> None:
     embeds = cascade.encode_prompt(pipes, run.input["prompt"], run.input.get("negative_prompt"))
     data = cascade.embeds_to_bytes(embeds)
     key = embeddings_key(run.job_id)
-    _store().put(key, data, "application/octet-stream")
+    process_store().put(key, data, "application/octet-stream")
     run.artifacts.append(
         dict(
             index=0,
@@ -377,7 +368,7 @@ def _base(run: StageRun) -> None:
     from workers.pipelines import get_cascade
 
     pipes = get_cascade(run.preset, get_settings().resolved_models_dir)
-    store = _store()
+    store = process_store()
     embeds = cascade.embeds_from_bytes(store.get(embeddings_key(run.job_id)))
     params = run.input["stages"][run.stage]
     seed = int(run.input["seed"])
@@ -401,7 +392,7 @@ def _super_resolve(run: StageRun) -> None:
     if run.previous_stage is None or run.previous_stage == ENCODE_TEXT:
         raise ValueError(f"stage {run.stage} needs an image stage before it, got {run.previous_stage!r}")
     pipes = get_cascade(run.preset, get_settings().resolved_models_dir)
-    store = _store()
+    store = process_store()
     embeds = cascade.embeds_from_bytes(store.get(embeddings_key(run.job_id)))
     num_images = int(run.input["num_images"])
     low_res = [cascade.png_to_image(store.get(image_key(run.job_id, run.previous_stage, i))) for i in range(num_images)]
