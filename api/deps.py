@@ -6,6 +6,7 @@ from typing import Annotated
 from fastapi import Depends, Request
 from sqlalchemy.orm import Session
 
+from api import quotas
 from core.config import Settings, get_settings
 from core.errors import Forbidden, Unauthorized
 from db import tenants
@@ -40,6 +41,14 @@ def _api_key(request: Request, session: Annotated[Session, Depends(_session)]) -
     return key
 
 
+def _rate_limited_key(
+    key: Annotated[ApiKey, Depends(_api_key)], settings: Annotated[Settings, Depends(get_settings)]
+) -> ApiKey:
+    """The caller's key, once its tenant's requests per minute allow this request (else a 429)."""
+    quotas.enforce_rate_limit(key.tenant, settings=settings)
+    return key
+
+
 def _admin_key(key: Annotated[ApiKey, Depends(_api_key)]) -> ApiKey:
     if not key.is_admin:
         raise Forbidden("this needs an admin API key", field="Authorization")
@@ -49,5 +58,5 @@ def _admin_key(key: Annotated[ApiKey, Depends(_api_key)]) -> ApiKey:
 SessionDep = Annotated[Session, Depends(_session)]
 StoreDep = Annotated[ObjectStore, Depends(_store)]
 SettingsDep = Annotated[Settings, Depends(get_settings)]
-CurrentKey = Annotated[ApiKey, Depends(_api_key)]
+CurrentKey = Annotated[ApiKey, Depends(_rate_limited_key)]
 AdminKey = Annotated[ApiKey, Depends(_admin_key)]

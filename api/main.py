@@ -6,7 +6,7 @@ from contextlib import asynccontextmanager
 from fastapi import FastAPI
 
 from api.errors import install_error_handlers
-from api.routes import events, files, health, jobs, search, webhooks
+from api.routes import events, files, health, jobs, metrics, search, webhooks
 from storage.factory import process_store
 
 
@@ -26,6 +26,7 @@ def create_app() -> FastAPI:
     )
     install_error_handlers(app)
     app.include_router(health.router)
+    app.include_router(metrics.router)
     app.include_router(jobs.router)
     app.include_router(events.router)
     app.include_router(webhooks.router)

@@ -78,7 +78,7 @@ def _interrupt(*_: object) -> None:
 def run_embedded(host: str, port: int) -> int:
     """Start everything, print the address and the admin key, and run until interrupted."""
     from cli.services import RedisServer, postgres_data_dir, start_postgres
-    from workers.celery_app import CPU_QUEUES, MODEL_QUEUES
+    from workers.queues import CPU_QUEUES, MODEL_QUEUES
 
     base = Settings()
     data_dir = base.data_dir

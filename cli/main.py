@@ -3,13 +3,17 @@
 import argparse
 import logging
 import sys
+from datetime import UTC
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
+    from collections.abc import Sequence
+    from datetime import datetime
+
     from cli.client import ApiClient
 
-from workers.celery_app import QUEUES
+from workers.queues import QUEUES
 
 _JOB_QUEUES = ",".join(QUEUES)
 
@@ -171,6 +175,108 @@ def _cmd_keys_create(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_keys_list(args: argparse.Namespace) -> int:
+    from db import tenants
+    from db.session import session_scope
+
+    with session_scope() as session:
+        rows = [
+            (key.prefix, key.tenant.name, "yes" if key.is_admin else "no", _when(key.created_at), _when(key.revoked_at))
+            for key in tenants.list_api_keys(session, tenant_name=args.tenant)
+        ]
+    _print_table(("PREFIX", "TENANT", "ADMIN", "CREATED", "REVOKED"), rows)
+    return 0
+
+
+def _cmd_keys_revoke(args: argparse.Namespace) -> int:
+    from db import tenants
+    from db.session import session_scope
+
+    with session_scope() as session:
+        found = tenants.find_live_api_keys(session, key_or_prefix=args.key)
+        if len(found) != 1:
+            problem = "no live key matches" if not found else f"{len(found)} live keys match"
+            print(f"{problem} {args.key!r}; give a prefix from 'keys list', or the whole key", file=sys.stderr)
+            return 1
+        tenants.revoke_api_key(session, key=found[0])
+        print(f"revoked {found[0].prefix} (tenant {found[0].tenant.name})")
+    return 0
+
+
+def _cmd_tenants_list(_: argparse.Namespace) -> int:
+    from core.config import get_settings
+    from db import tenants
+    from db.session import session_scope
+
+    settings = get_settings()
+    with session_scope() as session:
+        rows = [
+            (
+                tenant.name,
+                _when(tenant.created_at),
+                _limit(tenant.requests_per_minute, settings.default_requests_per_minute),
+                _limit(tenant.max_jobs_in_flight, settings.default_max_jobs_in_flight),
+                str(in_flight),
+            )
+            for tenant, in_flight in tenants.list_tenants(session)
+        ]
+    _print_table(("TENANT", "CREATED", "REQUESTS/MIN", "MAX IN FLIGHT", "IN FLIGHT"), rows)
+    return 0
+
+
+def _cmd_tenants_set_quota(args: argparse.Namespace) -> int:
+    from db import tenants
+    from db.session import session_scope
+
+    # An option left out is absent from args (argparse.SUPPRESS): that limit stays as it is.
+    rpm = getattr(args, "requests_per_minute", tenants.UNSET)
+    in_flight = getattr(args, "max_jobs_in_flight", tenants.UNSET)
+    if rpm is tenants.UNSET and in_flight is tenants.UNSET:
+        print("nothing to set: give --requests-per-minute and/or --max-jobs-in-flight", file=sys.stderr)
+        return 2
+    with session_scope() as session:
+        tenant = tenants.get_tenant(session, name=args.name)
+        if tenant is None:
+            print(f"no tenant {args.name!r}", file=sys.stderr)
+            return 1
+        tenants.set_quota(session, tenant=tenant, requests_per_minute=rpm, max_jobs_in_flight=in_flight)
+        now_rpm, now_in_flight = tenant.requests_per_minute, tenant.max_jobs_in_flight
+    print(
+        f"tenant {args.name}: requests_per_minute {_raw_limit(now_rpm)}, max_jobs_in_flight {_raw_limit(now_in_flight)}"
+    )
+    return 0
+
+
+def _quota_value(text: str) -> int | None:
+    """A quota on the command line: a number (<= 0: unlimited) or 'default'."""
+    if text == "default":
+        return None
+    try:
+        return int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"a whole number or 'default', got {text!r}") from None
+
+
+def _raw_limit(value: int | None) -> str:
+    return "default" if value is None else "unlimited" if value <= 0 else str(value)
+
+
+def _limit(own: int | None, default: int) -> str:
+    value = default if own is None else own
+    shown = "unlimited" if value <= 0 else str(value)
+    return f"{shown} (default)" if own is None else shown
+
+
+def _when(moment: "datetime | None") -> str:
+    return moment.astimezone(UTC).strftime("%Y-%m-%d %H:%M:%SZ") if moment is not None else "-"
+
+
+def _print_table(header: tuple[str, ...], rows: "Sequence[tuple[str, ...]]") -> None:
+    widths = [max(len(cell) for cell in column) for column in zip(header, *rows, strict=False)]
+    for row in (header, *rows):
+        print("  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip())
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="imagen-queue", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -259,6 +365,24 @@ def build_parser() -> argparse.ArgumentParser:
     create.add_argument("--tenant", required=True)
     create.add_argument("--admin", action="store_true")
     create.set_defaults(func=_cmd_keys_create)
+    revoke = keys_sub.add_parser("revoke", help="revoke a key: it fails authentication from now on")
+    revoke.add_argument("key", metavar="KEY_OR_PREFIX", help="the key, or its prefix as 'keys list' shows it")
+    revoke.set_defaults(func=_cmd_keys_revoke)
+    list_keys = keys_sub.add_parser("list", help="list keys (their prefixes; a key itself is never stored)")
+    list_keys.add_argument("--tenant", default=None)
+    list_keys.set_defaults(func=_cmd_keys_list)
+
+    tenants = sub.add_parser("tenants", help="tenants and their quotas")
+    tenants_sub = tenants.add_subparsers(dest="tenants_command", required=True)
+    list_tenants = tenants_sub.add_parser("list", help="list tenants, their limits and jobs in flight")
+    list_tenants.set_defaults(func=_cmd_tenants_list)
+    quota = tenants_sub.add_parser(
+        "set-quota", help="set a tenant's limits (a number, 0 for unlimited, or 'default' for IMAGEN_DEFAULT_*)"
+    )
+    quota.add_argument("name")
+    for flag in ("--requests-per-minute", "--max-jobs-in-flight"):
+        quota.add_argument(flag, type=_quota_value, default=argparse.SUPPRESS, metavar="N")
+    quota.set_defaults(func=_cmd_tenants_set_quota)
     return parser
 
 

@@ -43,6 +43,10 @@ class Settings(BaseSettings):
     webhook_retry_schedule_s: list[float] = Field(default=[5, 30, 120, 600, 1800, 3600, 10800])
     webhook_timeout_s: float = 10.0
 
+    # Per-tenant quotas, unless the tenant row sets its own; a value <= 0 means unlimited.
+    default_requests_per_minute: int = 600
+    default_max_jobs_in_flight: int = 100
+
     max_attempts: int = 3
     sweep_interval_s: float = 15.0
     requeue_after_s: float = 60.0

@@ -36,3 +36,25 @@ class ServiceUnavailable(DomainError):
     """A dependency (broker, workers) cannot serve the request right now; the client may retry."""
 
     code = "unavailable"
+
+
+class TooManyRequests(DomainError):
+    """The tenant is over one of its limits; it may retry after ``retry_after_s`` seconds."""
+
+    code = "too_many_requests"
+
+    def __init__(self, message: str, *, retry_after_s: int, field: str | None = None) -> None:
+        super().__init__(message, field=field)
+        self.retry_after_s = retry_after_s
+
+
+class RateLimited(TooManyRequests):
+    """More requests in the last minute than the tenant's rate allows."""
+
+    code = "rate_limited"
+
+
+class QuotaExceeded(TooManyRequests):
+    """As many of the tenant's jobs queued or running as its quota allows."""
+
+    code = "quota_exceeded"

@@ -6,7 +6,7 @@ from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from sqlalchemy import and_, delete, or_, select, update
+from sqlalchemy import BindParameter, and_, bindparam, delete, func, or_, select, update
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.orm import Session
 
@@ -49,6 +49,14 @@ def create_job(
     session.add(job)
     session.flush()
     return job
+
+
+def count_in_flight(session: Session, *, tenant_id: uuid.UUID) -> int:
+    """How many of the tenant's jobs are queued or running."""
+    # Statuses as literals, so that even a cached generic plan matches the partial index ix_jobs_tenant_in_flight.
+    live: BindParameter[list[JobStatus]] = bindparam("live", list(ACTIVE), expanding=True, literal_execute=True)
+    query = select(func.count()).select_from(Job).where(Job.tenant_id == tenant_id, Job.status.in_(live))
+    return int(session.scalar(query) or 0)
 
 
 def get_job(

@@ -66,6 +66,9 @@ class Tenant(Base):
     id: Mapped[UUIDPk]
     name: Mapped[str] = mapped_column(String(100), unique=True)
     webhook_secret: Mapped[str] = mapped_column(String(100))
+    # Quotas: NULL takes the deployment's default (IMAGEN_DEFAULT_*); a value <= 0 means unlimited.
+    requests_per_minute: Mapped[int | None] = mapped_column(Integer)
+    max_jobs_in_flight: Mapped[int | None] = mapped_column(Integer)
     created_at: Mapped[Created]
 
 
@@ -91,6 +94,8 @@ class Job(Base):
         Index("ix_jobs_tenant_created", "tenant_id", "created_at"),
         # The sweeper scans only live jobs.
         Index("ix_jobs_active", "status", postgresql_where=text("status IN ('queued', 'running')")),
+        # The jobs-in-flight quota counts a tenant's live jobs on every submission.
+        Index("ix_jobs_tenant_in_flight", "tenant_id", postgresql_where=text("status IN ('queued', 'running')")),
     )
 
     id: Mapped[UUIDPk]

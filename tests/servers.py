@@ -15,7 +15,7 @@ from pathlib import Path
 import httpx
 
 from cli.services import RedisServer, free_port, start_postgres
-from workers.celery_app import CPU_QUEUES, MODEL_QUEUES
+from workers.queues import CPU_QUEUES, MODEL_QUEUES
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -162,6 +162,8 @@ class System:
             "IMAGEN_WEBHOOK_ALLOW_PRIVATE": "true",
             "IMAGEN_WEBHOOK_RETRY_SCHEDULE_S": "[0.2, 0.4, 0.8]",
             "IMAGEN_WEBHOOK_TIMEOUT_S": "1",
+            # The tests poll fast with few tenants; the quota tests set their tenants' own limits.
+            "IMAGEN_DEFAULT_REQUESTS_PER_MINUTE": "100000",
             "HF_HUB_OFFLINE": "1",
             "PYTHONUNBUFFERED": "1",
         }

@@ -9,12 +9,7 @@ from celery import Celery
 from kombu import Queue
 
 from core.config import get_settings
-
-# One queue per kind of work, so each GPU pool can serve only the stages that fit it.
-QUEUES = ("text", "base", "sr", "caption", "embed", "webhooks", "control")
-# What a GPU worker serves; webhook deliveries (network waits) and control tasks run on a CPU worker.
-MODEL_QUEUES = ("text", "base", "sr", "caption", "embed")
-CPU_QUEUES = ("webhooks", "control")
+from workers.queues import QUEUES
 
 TASK_ROUTES = {
     "imagen.encode_text": {"queue": "text"},

@@ -22,6 +22,7 @@ from diffusers.pipelines.stable_diffusion.pipeline_stable_diffusion_upscale impo
 from diffusers.utils import logging as diffusers_logging
 from transformers.utils import logging as transformers_logging
 
+from workers.model_loads import record_model_load
 from workers.presets import BASE_64, SR_256, SR_1024, Preset, StageSpec, get_preset
 
 logger = logging.getLogger(__name__)
@@ -144,6 +145,7 @@ def get_cascade(preset_name: str, models_dir: Path) -> Cascade:
         if cascade is None:
             cascade = load_cascade(get_preset(preset_name), key[1])
             _cache[key] = cascade
+            record_model_load(preset_name, "cascade", cascade.load_seconds)
         return cascade
 
 

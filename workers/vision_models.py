@@ -13,6 +13,7 @@ import PIL.Image
 import torch
 from transformers import AutoProcessor, CLIPModel, CLIPProcessor, GitForCausalLM, GitProcessor, PreTrainedModel
 
+from workers.model_loads import record_model_load
 from workers.pipelines import ModelsNotFoundError, pick_device, quiet_progress_bars
 from workers.presets import Preset, get_preset
 
@@ -114,6 +115,7 @@ def get_captioner(preset_name: str, models_dir: Path) -> Captioner:
         if captioner is None:
             captioner = load_captioner(get_preset(preset_name), key[1])
             _captioners[key] = captioner
+            record_model_load(preset_name, "captioner", captioner.load_seconds)
         return captioner
 
 
@@ -125,6 +127,7 @@ def get_embedder(preset_name: str, models_dir: Path) -> Embedder:
         if embedder is None:
             embedder = load_embedder(get_preset(preset_name), key[1])
             _embedders[key] = embedder
+            record_model_load(preset_name, "embedder", embedder.load_seconds)
         return embedder
 
 

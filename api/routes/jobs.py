@@ -9,6 +9,7 @@ from redis.exceptions import RedisError
 from sqlalchemy.orm import Session
 
 from api.deps import CurrentKey, SessionDep, SettingsDep, StoreDep
+from api.quotas import check_jobs_in_flight
 from api.schemas import JobCreate, JobList, JobPublic
 from api.submission import (
     create_job_row,
@@ -72,6 +73,9 @@ def create_job(
             job = idempotent_replay(session, key=key, idempotency_key=idempotency_key, fingerprint=fingerprint)
             assert job is not None  # the request that won the race committed it
         else:
+            # Checked last, with this job counted in: replays (concurrent ones included) never reach it,
+            # and the tenant's other submissions wait for this one only from here to the commit.
+            check_jobs_in_flight(session, tenant=key.tenant, settings=settings)
             session.commit()
             append_live(job.id, "status", {"status": str(job.status)})
             enqueue_committed(session, job)

@@ -1,0 +1,186 @@
+"""Prometheus metrics of the whole system, computed at scrape time from Postgres and Redis.
+
+Jobs, stages and webhook attempts are rows that every API replica and worker writes, so counting rows
+gives any replica's scrape the whole system, where in-process counters would each see one process.
+The counters are counts of rows: deleting jobs, or retrying a failed one, lowers them, which
+Prometheus reads as a counter reset.
+"""
+
+import logging
+from collections.abc import Iterable, Iterator, Sequence
+
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
+from prometheus_client.registry import Collector, CollectorRegistry
+from prometheus_client.utils import floatToGoString
+from redis.exceptions import RedisError
+from sqlalchemy import text
+from sqlalchemy.exc import SQLAlchemyError
+
+from api.schemas import JOB_KINDS
+from core.redis_client import get_redis
+from db import metrics as queries
+from db.models import JobStatus
+from db.session import new_session
+from db.webhooks import DeliveryStatus
+from workers.celery_app import app as celery_app
+from workers.model_loads import MODEL_LOADS_KEY, parse_model_load_field
+from workers.queues import QUEUES
+
+log = logging.getLogger(__name__)
+
+# From 10 ms (a tiny CLIP) to 10 min (a real-size stage on a slow card).
+STAGE_DURATION_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600)
+# Waits grow with the backlog, well past a stage's run time.
+QUEUE_WAIT_BUCKETS = (*STAGE_DURATION_BUCKETS, 1800, 3600)
+# A scrape that takes longer than this is dropped rather than left to load the database.
+_STATEMENT_TIMEOUT_MS = 5000
+# Model load times are kept per worker process; a bound on how many one scrape reads.
+_MAX_MODEL_LOADS = 1000
+
+
+class SystemCollector(Collector):
+    """Every ``imagen_*`` family. A source that cannot be read is left out, and flagged by
+    ``imagen_metrics_scrape_error{source}``, so the scrape still answers."""
+
+    def collect(self) -> Iterator[Metric]:
+        failed: dict[str, bool] = {}
+        for source, read in (("database", self._database_families), ("redis", self._redis_families)):
+            try:
+                # Materialized first: a source fails whole, never with half its families written.
+                families = list(read())
+            except (SQLAlchemyError, RedisError, OSError) as exc:
+                log.warning("metrics: cannot read the %s: %s: %s", source, type(exc).__name__, exc)
+                failed[source] = True
+                continue
+            failed[source] = False
+            yield from families
+        errors = GaugeMetricFamily(
+            "imagen_metrics_scrape_error", "1 when this scrape could not read the source", labels=["source"]
+        )
+        for source, is_failed in failed.items():
+            errors.add_metric([source], int(is_failed))
+        yield errors
+
+    def _database_families(self) -> Iterator[Metric]:
+        session = new_session()
+        try:
+            session.execute(text("SET TRANSACTION READ ONLY"))
+            session.execute(text(f"SET LOCAL statement_timeout = {_STATEMENT_TIMEOUT_MS}"))
+            jobs = queries.job_counts(session)
+            durations = queries.stage_duration_histograms(session, bounds=STAGE_DURATION_BUCKETS)
+            waits = queries.stage_queue_wait_histograms(session, bounds=QUEUE_WAIT_BUCKETS)
+            outcomes = queries.webhook_attempt_outcomes(session)
+            events = queries.webhook_event_counts(session)
+        finally:
+            session.rollback()
+            session.close()
+        yield from _job_families(jobs)
+        yield _histogram(
+            "imagen_stage_duration_seconds",
+            "Run time of succeeded stages",
+            ["stage", "preset"],
+            STAGE_DURATION_BUCKETS,
+            durations,
+        )
+        yield _histogram(
+            "imagen_stage_queue_wait_seconds",
+            "Time succeeded stages waited in their queue before their last attempt started",
+            ["stage"],
+            QUEUE_WAIT_BUCKETS,
+            waits,
+        )
+        deliveries = CounterMetricFamily(
+            "imagen_webhook_deliveries",
+            "Webhook delivery attempts by outcome (delivered: 2xx, http_error: another status, error: no answer)",
+            labels=["outcome"],
+        )
+        for outcome, count in outcomes.items():
+            deliveries.add_metric([outcome], count)
+        yield deliveries
+        outbox = GaugeMetricFamily("imagen_webhook_events", "Webhook events by delivery status", labels=["status"])
+        for status in _with_known(events, [s.value for s in DeliveryStatus]):
+            outbox.add_metric([status], events.get(status, 0))
+        yield outbox
+
+    def _redis_families(self) -> Iterator[Metric]:
+        lists = {queue: _priority_lists(queue) for queue in QUEUES}
+        pipe = get_redis().pipeline(transaction=False)
+        for keys in lists.values():
+            for key in keys:
+                pipe.llen(key)
+        pipe.hscan(MODEL_LOADS_KEY, 0, count=_MAX_MODEL_LOADS)
+        *lengths, (_, loads) = pipe.execute()
+        depth = GaugeMetricFamily(
+            "imagen_queue_depth", "Tasks waiting in each Celery queue (all priorities)", labels=["queue"]
+        )
+        position = 0
+        for queue, keys in lists.items():
+            depth.add_metric([queue], sum(lengths[position : position + len(keys)]))
+            position += len(keys)
+        yield depth
+        yield _model_loads(loads)
+
+
+def _job_families(counts: dict[tuple[str, str], int]) -> Iterator[Metric]:
+    kinds = _with_known({kind for kind, _ in counts}, JOB_KINDS)
+    submitted = CounterMetricFamily("imagen_jobs_submitted", "Jobs submitted (jobs on record)", labels=["kind"])
+    finished = CounterMetricFamily(
+        "imagen_jobs_finished", "Jobs that ended, by how they ended", labels=["kind", "status"]
+    )
+    current = GaugeMetricFamily("imagen_jobs", "Jobs by current status", labels=["kind", "status"])
+    for kind in kinds:
+        submitted.add_metric([kind], sum(n for (k, _), n in counts.items() if k == kind))
+        for status in JobStatus:
+            count = counts.get((kind, status.value), 0)
+            current.add_metric([kind, status.value], count)
+            if status.is_terminal:
+                finished.add_metric([kind, status.value], count)
+    yield from (submitted, finished, current)
+
+
+def _histogram(
+    name: str, documentation: str, labels: list[str], bounds: Sequence[float], rows: list[queries.HistogramRow]
+) -> HistogramMetricFamily:
+    family = HistogramMetricFamily(name, documentation, labels=labels)
+    for row in rows:
+        buckets = [(floatToGoString(b), float(n)) for b, n in zip(bounds, row.cumulative, strict=True)]
+        buckets.append(("+Inf", float(row.count)))
+        family.add_metric(list(row.labels), buckets, row.sum)
+    return family
+
+
+def _model_loads(loads: dict[bytes, bytes]) -> GaugeMetricFamily:
+    family = GaugeMetricFamily(
+        "imagen_model_load_seconds",
+        "How long each worker process took to load a preset's model",
+        labels=["preset", "model", "worker"],
+    )
+    for raw_field, raw_seconds in loads.items():
+        parsed = parse_model_load_field(raw_field.decode(errors="replace"))
+        try:
+            seconds = float(raw_seconds)
+        except ValueError:
+            continue
+        if parsed is not None:
+            worker, preset, model = parsed
+            family.add_metric([preset, model, worker], seconds)
+    return family
+
+
+def _priority_lists(queue: str) -> list[str]:
+    """The Redis lists of a Celery queue: kombu keeps one per priority step, the first under the bare name."""
+    options = celery_app.conf.broker_transport_options
+    # kombu's defaults, for a configuration without priorities.
+    steps: list[int] = options.get("priority_steps", [0, 3, 6, 9])
+    sep: str = options.get("sep", "\x06\x16")
+    return [f"{queue}{sep}{step}" if step else queue for step in steps]
+
+
+def _with_known(seen: Iterable[str], known: Iterable[str]) -> list[str]:
+    """The known label values (reported as 0 before their first row), then any other seen, sorted."""
+    known = list(known)
+    return known + sorted(set(seen) - set(known))
+
+
+REGISTRY = CollectorRegistry()
+REGISTRY.register(SystemCollector())
