@@ -118,24 +118,14 @@ def create_job_row(
     if isinstance(body, GenerateJobCreate):
         resolved = resolve_generate_input(body.input, preset)
         stages = generate_stages(preset, resolved["resolution"], caption=body.input.caption, index=body.input.index)
-    elif isinstance(body, CaptionJobCreate):
-        resolved = {
-            "image": resolve_image_input(
-                session, body.input.image, key=key, store=store, settings=settings, field="input.image"
-            ),
-            "max_new_tokens": body.input.max_new_tokens,
-            "num_beams": body.input.num_beams,
-        }
-        stages = [(CAPTION, STAGE_TASKS[CAPTION][1])]
     else:
-        resolved = {
-            "image": resolve_image_input(
-                session, body.input.image, key=key, store=store, settings=settings, field="input.image"
-            ),
-            "text": body.input.text,
-            "collection": body.input.collection,
-        }
-        stages = [(EMBED, STAGE_TASKS[EMBED][1])]
+        # Caption and index jobs: one stage over one image, stored (or found) before the job is recorded.
+        image = resolve_image_input(
+            session, body.input.image, key=key, store=store, settings=settings, field="input.image"
+        )
+        resolved = {"image": image, **body.input.model_dump(exclude={"image"})}
+        stage = CAPTION if isinstance(body, CaptionJobCreate) else EMBED
+        stages = [(stage, STAGE_TASKS[stage][1])]
     webhook = None
     if body.webhook is not None:
         try:
