@@ -167,6 +167,17 @@ def _model_loads(loads: dict[bytes, bytes]) -> GaugeMetricFamily:
     return family
 
 
+def queue_depths() -> dict[str, int]:
+    """Tasks waiting in each Celery queue (all priorities), read from Redis in one round trip."""
+    lists = {queue: _priority_lists(queue) for queue in QUEUES}
+    pipe = get_redis().pipeline(transaction=False)
+    for keys in lists.values():
+        for key in keys:
+            pipe.llen(key)
+    lengths = iter(pipe.execute())
+    return {queue: sum(next(lengths) for _ in keys) for queue, keys in lists.items()}
+
+
 def _priority_lists(queue: str) -> list[str]:
     """The Redis lists of a Celery queue: kombu keeps one per priority step, the first under the bare name."""
     options = celery_app.conf.broker_transport_options

@@ -119,10 +119,26 @@ def run_embedded(host: str, port: int) -> int:
         _spawn("api", ["api", "--host", host, "--port", str(port)], env, logs),
         # One model worker (as on one GPU), and one for webhooks and control tasks, so a slow webhook
         # receiver never holds up a model stage.
-        _spawn("worker", ["worker", "--pool", "solo", "--queues", ",".join(MODEL_QUEUES)], env, logs),
+        # Distinct node names: two workers called celery@host would answer the broker as one.
+        _spawn(
+            "worker",
+            ["worker", "--pool", "solo", "--queues", ",".join(MODEL_QUEUES), "--hostname", "model@%h"],
+            env,
+            logs,
+        ),
         _spawn(
             "cpu-worker",
-            ["worker", "--pool", "threads", "--concurrency", "4", "--queues", ",".join(CPU_QUEUES)],
+            [
+                "worker",
+                "--pool",
+                "threads",
+                "--concurrency",
+                "4",
+                "--queues",
+                ",".join(CPU_QUEUES),
+                "--hostname",
+                "cpu@%h",
+            ],
             env,
             logs,
         ),

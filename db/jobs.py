@@ -91,8 +91,14 @@ def list_jobs(
     kind: str | None = None,
     limit: int = 20,
     cursor: str | None = None,
+    created_from: datetime | None = None,
+    created_to: datetime | None = None,
+    prompt: str | None = None,
 ) -> tuple[list[Job], str | None]:
-    """A page of jobs, newest first, and the cursor of the next page (None on the last)."""
+    """A page of jobs, newest first, and the cursor of the next page (None on the last).
+
+    ``prompt`` matches a substring of the input's prompt, case-insensitively.
+    """
     query = select(Job).order_by(Job.created_at.desc(), Job.id.desc()).limit(limit + 1)
     if tenant_id is not None:
         query = query.where(Job.tenant_id == tenant_id)
@@ -100,6 +106,13 @@ def list_jobs(
         query = query.where(Job.status == status)
     if kind is not None:
         query = query.where(Job.kind == kind)
+    if created_from is not None:
+        query = query.where(Job.created_at >= created_from)
+    if created_to is not None:
+        query = query.where(Job.created_at < created_to)
+    if prompt:
+        pattern = "%" + prompt.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_") + "%"
+        query = query.where(Job.input["prompt"].astext.ilike(pattern, escape="\\"))
     if cursor:
         created, job_id = _decode_cursor(cursor)
         query = query.where(or_(Job.created_at < created, and_(Job.created_at == created, Job.id < job_id)))

@@ -191,12 +191,13 @@ class System:
     def new_worker(self, name: str = "worker") -> ChildProcess:
         """Start a model worker (solo pool, as on a GPU machine) for the model stages' queues."""
         queues = ",".join(MODEL_QUEUES)
-        return ChildProcess(name, ["worker", "--pool", "solo", "--queues", queues], self.env, self.logs).start()
+        args = ["worker", "--pool", "solo", "--queues", queues, "--hostname", f"{name}@%h"]
+        return ChildProcess(name, args, self.env, self.logs).start()
 
     def new_cpu_worker(self, name: str = "cpu-worker") -> ChildProcess:
         """Start the worker for webhook deliveries and control tasks (finalize, sweeps), as in production."""
         queues = ",".join(CPU_QUEUES)
-        args = ["worker", "--pool", "threads", "--concurrency", "4", "--queues", queues]
+        args = ["worker", "--pool", "threads", "--concurrency", "4", "--queues", queues, "--hostname", f"{name}@%h"]
         return ChildProcess(name, args, self.env, self.logs).start()
 
     def stop(self) -> None:

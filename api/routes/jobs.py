@@ -1,14 +1,13 @@
 """/v1/jobs: submit, read, list, cancel and retry jobs."""
 
 import uuid
-from contextlib import suppress
 from typing import Annotated
 
 from fastapi import APIRouter, Header, Query, Response, status
-from redis.exceptions import RedisError
 from sqlalchemy.orm import Session
 
 from api.deps import CurrentKey, SessionDep, SettingsDep, StoreDep
+from api.job_control import cancel_job_now, retry_job_now
 from api.quotas import check_jobs_in_flight
 from api.schemas import JobCreate, JobList, JobPublic
 from api.submission import (
@@ -20,11 +19,10 @@ from api.submission import (
     request_fingerprint,
     wait_for_job,
 )
-from core.errors import Conflict, NotFound
-from core.redis_client import cancel_key, get_redis
+from core.errors import NotFound
 from db import jobs as job_queries
 from db.models import Job, JobStatus
-from workers.events import JobEvents, append_live, stream_key
+from workers.events import append_live
 from workers.presets import get_preset
 
 router = APIRouter(prefix="/v1/jobs", tags=["jobs"])
@@ -114,15 +112,7 @@ def read_job(job_id: str, key: CurrentKey, session: SessionDep, store: StoreDep,
 def cancel_job(job_id: str, key: CurrentKey, session: SessionDep, store: StoreDep, settings: SettingsDep) -> JobPublic:
     """Cancel now, or as soon as the running stage notices."""
     job = job_or_404(session, job_id, key, for_update=True)
-    events = JobEvents(session)
-    if job_queries.request_cancel(job):
-        events.finished(job)
-    session.commit()
-    events.publish()
-    if job.cancel_requested:
-        # The stage's progress callback reads the flag from the row as well; Redis only makes it cheap.
-        with suppress(RedisError):
-            get_redis().set(cancel_key(job.id), "1", ex=86_400)
+    cancel_job_now(session, job)
     return JobPublic.from_row(job, store, settings.presign_ttl_s)
 
 
@@ -130,17 +120,5 @@ def cancel_job(job_id: str, key: CurrentKey, session: SessionDep, store: StoreDe
 def retry_job(job_id: str, key: CurrentKey, session: SessionDep, store: StoreDep, settings: SettingsDep) -> JobPublic:
     """Queue a failed or canceled job again from its first unfinished stage."""
     job = job_or_404(session, job_id, key, for_update=True)
-    if job.status not in (JobStatus.FAILED, JobStatus.CANCELED):
-        raise Conflict(f"only failed or canceled jobs can be retried; this one is {job.status}", field="status")
-    job_queries.reset_for_retry(job)
-    job_queries.bump_dispatch(job)
-    first = job_queries.first_unfinished_stage(job)
-    if first is not None:
-        first.queued_at = job_queries.now()
-    session.commit()
-    with suppress(RedisError):
-        # The old stream ends with "done": a new run starts a new stream.
-        get_redis().delete(cancel_key(job.id), stream_key(job.id))
-    append_live(job.id, "status", {"status": str(job.status)})
-    enqueue_committed(session, job)
+    retry_job_now(session, job)
     return JobPublic.from_row(job, store, settings.presign_ttl_s)

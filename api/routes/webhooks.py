@@ -1,13 +1,11 @@
 """Webhooks: a job's delivery log, manual redelivery, and the tenant's signing secret."""
 
-import uuid
-
 from fastapi import APIRouter
 
 from api.deps import CurrentKey, SessionDep
+from api.job_control import redeliver_event
 from api.routes.jobs import job_or_404
 from api.schemas import DeliveryAttempt, DeliveryList, WebhookDelivery, WebhookSecret
-from core.errors import Conflict, NotFound
 from db import webhooks as webhook_queries
 from db.models import Tenant, WebhookEvent
 
@@ -43,22 +41,8 @@ def list_deliveries(job_id: str, key: CurrentKey, session: SessionDep) -> Delive
 @router.post("/jobs/{job_id}/deliveries/{delivery_id}/redeliver", response_model=WebhookDelivery)
 def redeliver_webhook(job_id: str, delivery_id: str, key: CurrentKey, session: SessionDep) -> WebhookDelivery:
     """Deliver an event again, on a fresh retry schedule (its attempt log is kept)."""
-    from workers.webhooks import enqueue_delivery
-
     job = job_or_404(session, job_id, key)
-    try:
-        event_id = uuid.UUID(delivery_id)
-    except ValueError:
-        raise NotFound(f"no delivery {delivery_id!r} for job {job_id}", field="delivery_id") from None
-    event = session.get(WebhookEvent, event_id)
-    if event is None or event.job_id != job.id:
-        raise NotFound(f"no delivery {delivery_id!r} for job {job_id}", field="delivery_id")
-    # A deliverer holds the row during its HTTP call: do not queue behind it.
-    if session.get(WebhookEvent, event_id, with_for_update={"skip_locked": True}, populate_existing=True) is None:
-        raise Conflict("this event is being delivered right now; try again in a few seconds", field="delivery_id")
-    webhook_queries.reset_for_redelivery(event)
-    session.commit()
-    enqueue_delivery(event.id)
+    event = redeliver_event(session, job, delivery_id)
     return _delivery(event)
 
 

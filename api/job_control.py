@@ -1,0 +1,65 @@
+"""Cancel, retry and redeliver: the state changes shared by the /v1 routes and the admin dashboard."""
+
+import uuid
+from contextlib import suppress
+
+from redis.exceptions import RedisError
+from sqlalchemy.orm import Session
+
+from api.submission import enqueue_committed
+from core.errors import Conflict, NotFound
+from core.redis_client import cancel_key, get_redis
+from db import jobs as job_queries
+from db import webhooks as webhook_queries
+from db.models import Job, JobStatus, WebhookEvent
+from workers.events import JobEvents, append_live, stream_key
+
+
+def cancel_job_now(session: Session, job: Job) -> None:
+    """Cancel a job locked for update: at once if queued, else when its running stage notices; commits."""
+    events = JobEvents(session)
+    if job_queries.request_cancel(job):
+        events.finished(job)
+    session.commit()
+    events.publish()
+    if job.cancel_requested:
+        # The stage's progress callback reads the flag from the row as well; Redis only makes it cheap.
+        with suppress(RedisError):
+            get_redis().set(cancel_key(job.id), "1", ex=86_400)
+
+
+def retry_job_now(session: Session, job: Job) -> None:
+    """Queue a failed or canceled job (locked for update) again from its first unfinished stage; commits."""
+    if job.status not in (JobStatus.FAILED, JobStatus.CANCELED):
+        raise Conflict(f"only failed or canceled jobs can be retried; this one is {job.status}", field="status")
+    job_queries.reset_for_retry(job)
+    job_queries.bump_dispatch(job)
+    first = job_queries.first_unfinished_stage(job)
+    if first is not None:
+        first.queued_at = job_queries.now()
+    session.commit()
+    with suppress(RedisError):
+        # The old stream ends with "done": a new run starts a new stream.
+        get_redis().delete(cancel_key(job.id), stream_key(job.id))
+    append_live(job.id, "status", {"status": str(job.status)})
+    enqueue_committed(session, job)
+
+
+def redeliver_event(session: Session, job: Job, delivery_id: str) -> WebhookEvent:
+    """Put one of the job's webhook events back on a fresh retry schedule and queue it; commits."""
+    from workers.webhooks import enqueue_delivery
+
+    try:
+        event_id = uuid.UUID(delivery_id)
+    except ValueError:
+        raise NotFound(f"no delivery {delivery_id!r} for job {job.id}", field="delivery_id") from None
+    event = session.get(WebhookEvent, event_id)
+    if event is None or event.job_id != job.id:
+        raise NotFound(f"no delivery {delivery_id!r} for job {job.id}", field="delivery_id")
+    # A deliverer holds the row during its HTTP call: do not queue behind it.
+    if session.get(WebhookEvent, event_id, with_for_update={"skip_locked": True}, populate_existing=True) is None:
+        raise Conflict("this event is being delivered right now; try again in a few seconds", field="delivery_id")
+    webhook_queries.reset_for_redelivery(event)
+    session.commit()
+    enqueue_delivery(event.id)
+    return event

@@ -1,0 +1,119 @@
+"""/admin: the operators' dashboard, driven over HTTP like a browser would (cookie, forms, CSRF)."""
+
+import re
+import uuid
+from collections.abc import Iterator
+
+import httpx
+import pytest
+
+from tests.conftest import FAST, Client, _new_key
+from tests.servers import System, wait_until
+
+
+def _new_admin_key() -> str:
+    from db import tenants
+    from db.session import session_scope
+
+    with session_scope() as session:
+        row = tenants.get_or_create_tenant(session, name=f"ops-{uuid.uuid4().hex[:6]}")
+        _, key = tenants.create_api_key(session, tenant=row, is_admin=True)
+    return key
+
+
+def _csrf(html: str) -> str:
+    match = re.search(r'name="csrf" value="([0-9a-f]+)"', html)
+    assert match, "the page has no CSRF field"
+    return match.group(1)
+
+
+@pytest.fixture(scope="module")
+def admin(system: System) -> Iterator[httpx.Client]:
+    """A browser-like client signed in to the dashboard with an admin key."""
+    browser = httpx.Client(base_url=system.api_url, timeout=30)
+    response = browser.post("/admin/login", data={"key": _new_admin_key()})
+    assert response.status_code == 303, response.text
+    assert response.headers["location"] == "/admin"
+    cookie = response.headers["set-cookie"].lower()
+    assert "httponly" in cookie and "samesite=strict" in cookie
+    yield browser
+    browser.close()
+
+
+def test_login_refuses_a_non_admin_or_unknown_key(system: System) -> None:
+    with httpx.Client(base_url=system.api_url, timeout=30) as browser:
+        assert 'id="login-key"' in browser.get("/admin/login").text
+        for key in (_new_key(f"plain-{uuid.uuid4().hex[:6]}"), "iq_not-a-key"):
+            response = browser.post("/admin/login", data={"key": key})
+            assert response.status_code == 401
+            assert 'id="login-error"' in response.text
+            assert "set-cookie" not in response.headers
+        page = browser.get("/admin/jobs")
+        assert page.status_code == 303 and page.headers["location"] == "/admin/login"
+
+
+def test_overview_renders(admin: httpx.Client) -> None:
+    page = admin.get("/admin")
+    assert page.status_code == 200, page.text
+    for section in ("jobs-hour", "jobs-day", "throughput", "queues", "stage-durations", "webhooks"):
+        assert f'id="{section}"' in page.text
+
+
+def test_finished_job_is_listed_and_its_stage_images_download(admin: httpx.Client, client: Client) -> None:
+    job = client.submit("an admin's lighthouse", seed=3, stages=FAST)
+    assert client.wait(job["id"])["status"] == "succeeded"
+
+    table = admin.get("/admin/jobs", params={"prompt": "ADMIN'S LIGHT", "fragment": 1})
+    assert table.status_code == 200
+    assert f'data-job-id="{job["id"]}" data-status="succeeded"' in table.text
+    assert "<html" not in table.text  # only the fragment
+    assert f'data-job-id="{job["id"]}"' not in admin.get("/admin/jobs", params={"prompt": "no such prompt"}).text
+    assert f'data-job-id="{job["id"]}"' in admin.get("/admin/jobs", params={"status": "succeeded"}).text
+
+    detail = admin.get(f"/admin/jobs/{job['id']}")
+    assert detail.status_code == 200
+    thumbs = re.findall(r'<figure class="thumb".*?data-width="(\d+)".*?<img src="([^"]+)"', detail.text, re.S)
+    assert [width for width, _ in thumbs] == ["64", "256", "1024"]
+    for _, url in thumbs:
+        image = httpx.get(url.replace("&amp;", "&"), timeout=30)
+        assert image.status_code == 200
+        assert image.content.startswith(b"\x89PNG\r\n\x1a\n")
+
+
+def test_cancel_through_the_form(admin: httpx.Client, client: Client) -> None:
+    slow = {"base": {"steps": 1000}, "sr256": {"steps": 1000}, "sr1024": {"steps": 1000}}
+    job = client.submit("a very slow admin test", stages=slow)
+    page = admin.get(f"/admin/jobs/{job['id']}")
+    assert 'name="cancel"' in page.text
+    response = admin.post(f"/admin/jobs/{job['id']}/cancel", data={"csrf": _csrf(page.text)})
+    assert response.status_code == 303
+    assert client.wait(job["id"], timeout_s=60)["status"] == "canceled"
+    assert 'data-status="canceled"' in admin.get(f"/admin/jobs/{job['id']}").text
+
+
+def test_a_post_without_the_csrf_token_is_refused(admin: httpx.Client, client: Client) -> None:
+    job = client.submit("an admin test without csrf", stages=FAST)
+    assert admin.post(f"/admin/jobs/{job['id']}/cancel", data={}).status_code == 403
+    assert admin.post(f"/admin/jobs/{job['id']}/cancel", data={"csrf": "0" * 64}).status_code == 403
+    assert client.wait(job["id"])["status"] == "succeeded"
+
+
+def test_tenants_page_creates_a_key_shown_once(admin: httpx.Client, system: System) -> None:
+    page = admin.get("/admin/tenants")
+    assert page.status_code == 200
+    name = f"made-{uuid.uuid4().hex[:6]}"
+    created = admin.post("/admin/tenants", data={"csrf": _csrf(page.text), "name": name})
+    assert created.status_code == 200
+    key = re.search(r'<pre id="new-key"[^>]*>([^<]+)</pre>', created.text)
+    assert key
+    assert httpx.get(f"{system.api_url}/v1/jobs", headers={"Authorization": f"Bearer {key.group(1)}"}).is_success
+    assert f'data-tenant="{name}"' in admin.get("/admin/tenants").text
+
+
+def test_logout_ends_the_session(system: System) -> None:
+    with httpx.Client(base_url=system.api_url, timeout=30) as browser:
+        browser.post("/admin/login", data={"key": _new_admin_key()})
+        page = browser.get("/admin")
+        assert page.status_code == 200
+        assert browser.post("/admin/logout", data={"csrf": _csrf(page.text)}).status_code == 303
+        wait_until(lambda: browser.get("/admin").status_code == 303, 5, "the session to end")
