@@ -5,10 +5,10 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, Protocol, TypeVar
 
 import torch
 
@@ -133,20 +133,30 @@ def _load_stages(
     return base, sr_256, sr_1024
 
 
-_cache: dict[tuple[str, Path], Cascade] = {}
-_cache_lock = threading.Lock()
+class _Loaded(Protocol):
+    load_seconds: float
+
+
+_Resident = TypeVar("_Resident", bound=_Loaded)
+_resident: dict[tuple[str, str, Path], Any] = {}
+_resident_lock = threading.Lock()
+
+
+def resident(role: str, preset_name: str, models_dir: Path, load: Callable[[Preset, Path], _Resident]) -> _Resident:
+    """This process's ``role`` model of a preset: loaded on first use (its load time published), then kept."""
+    key = (role, preset_name, models_dir.expanduser().resolve())
+    with _resident_lock:
+        model: _Resident | None = _resident.get(key)
+        if model is None:
+            model = load(get_preset(preset_name), key[2])
+            _resident[key] = model
+            record_model_load(preset_name, role, model.load_seconds)
+        return model
 
 
 def get_cascade(preset_name: str, models_dir: Path) -> Cascade:
     """This process's cascade for `preset_name`: loaded on first use, then kept resident."""
-    key = (preset_name, models_dir.expanduser().resolve())
-    with _cache_lock:
-        cascade = _cache.get(key)
-        if cascade is None:
-            cascade = load_cascade(get_preset(preset_name), key[1])
-            _cache[key] = cascade
-            record_model_load(preset_name, "cascade", cascade.load_seconds)
-        return cascade
+    return resident("cascade", preset_name, models_dir, load_cascade)
 
 
 def _load_stage(

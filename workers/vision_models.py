@@ -13,9 +13,8 @@ import PIL.Image
 import torch
 from transformers import AutoProcessor, CLIPModel, CLIPProcessor, GitForCausalLM, GitProcessor, PreTrainedModel
 
-from workers.model_loads import record_model_load
-from workers.pipelines import ModelsNotFoundError, pick_device, quiet_progress_bars
-from workers.presets import Preset, get_preset
+from workers.pipelines import ModelsNotFoundError, pick_device, quiet_progress_bars, resident
+from workers.presets import Preset
 
 logger = logging.getLogger(__name__)
 
@@ -102,33 +101,14 @@ def load_embedder(preset: Preset, models_dir: Path) -> Embedder:
     return Embedder(preset, model, processor, device=device, dtype=dtype, load_seconds=load_seconds)
 
 
-_captioners: dict[tuple[str, Path], Captioner] = {}
-_embedders: dict[tuple[str, Path], Embedder] = {}
-_cache_lock = threading.Lock()
-
-
 def get_captioner(preset_name: str, models_dir: Path) -> Captioner:
     """This process's captioner for `preset_name`: loaded on first use, then kept resident."""
-    key = (preset_name, models_dir.expanduser().resolve())
-    with _cache_lock:
-        captioner = _captioners.get(key)
-        if captioner is None:
-            captioner = load_captioner(get_preset(preset_name), key[1])
-            _captioners[key] = captioner
-            record_model_load(preset_name, "captioner", captioner.load_seconds)
-        return captioner
+    return resident("captioner", preset_name, models_dir, load_captioner)
 
 
 def get_embedder(preset_name: str, models_dir: Path) -> Embedder:
     """This process's embedder for `preset_name`: loaded on first use, then kept resident."""
-    key = (preset_name, models_dir.expanduser().resolve())
-    with _cache_lock:
-        embedder = _embedders.get(key)
-        if embedder is None:
-            embedder = load_embedder(get_preset(preset_name), key[1])
-            _embedders[key] = embedder
-            record_model_load(preset_name, "embedder", embedder.load_seconds)
-        return embedder
+    return resident("embedder", preset_name, models_dir, load_embedder)
 
 
 def check_images(images: object) -> Sequence[PIL.Image.Image]:
