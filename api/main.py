@@ -6,7 +6,7 @@ from contextlib import asynccontextmanager
 from fastapi import FastAPI
 
 from api.errors import install_error_handlers
-from api.routes import admin, events, files, health, jobs, metrics, search, webhooks
+from api.routes import admin, events, files, health, jobs, metrics, models, search, webhooks
 from storage.factory import process_store
 
 
@@ -31,6 +31,7 @@ def create_app() -> FastAPI:
     app.include_router(events.router)
     app.include_router(webhooks.router)
     app.include_router(search.router)
+    app.include_router(models.router)
     app.include_router(files.router)
     app.include_router(admin.router)
     return app

@@ -2,6 +2,7 @@
 
 import json
 import uuid
+from collections.abc import Callable
 from datetime import datetime
 from typing import Annotated, Any, Literal
 
@@ -10,6 +11,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 from api.images import ImageInput
 from db.models import Job, JobStage, JobStatus, StageStatus
 from storage.object_store import ObjectStore
+from workers.presets import PRESETS, Preset, StageKind
 
 MAX_PROMPT_CHARS = 2000
 MAX_METADATA_BYTES = 16_384
@@ -25,30 +27,37 @@ class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
 
-class BaseStageParams(_Strict):
-    """Sampling parameters of the base (64 px) stage; omitted ones take the preset's defaults."""
+class StageParameters(_Strict):
+    """Sampling parameters of one cascade stage; omitted ones take the preset's defaults."""
 
     steps: int | None = Field(default=None, ge=1, le=1000, description="denoising steps, 1..1000")
     guidance_scale: float | None = Field(
         default=None, ge=0.0, le=50.0, description="classifier-free guidance scale, 0..50 (1 = no guidance)"
     )
-
-
-class SuperResolutionParams(BaseStageParams):
-    """Sampling parameters of a super-resolution stage."""
-
     noise_level: int | None = Field(
         default=None,
         ge=0,
         le=1000,
-        description="noise-conditioning augmentation of the low-resolution input (the preset caps it)",
+        description="super-resolution stages only: noise-conditioning augmentation of the low-resolution input"
+        " (the preset caps it)",
     )
 
 
-class StageOverrides(_Strict):
-    base: BaseStageParams | None = None
-    sr256: SuperResolutionParams | None = None
-    sr1024: SuperResolutionParams | None = None
+def _per_preset(describe: Callable[[Preset], str]) -> str:
+    return "; ".join(f"{name}: {describe(preset)}" for name, preset in PRESETS.items())
+
+
+STAGES_DESCRIPTION = (
+    "Per-stage sampling parameters, by stage: `base` for the first (base) stage, `sr<resolution>` for each"
+    " super-resolution stage of the server's model preset (see `GET /v1/models`). Keys by preset: "
+    + _per_preset(lambda preset: ", ".join(preset.request_keys()))
+    + ". A key the active preset lacks is a 422, and so is `noise_level` on `base`."
+)
+RESOLUTION_DESCRIPTION = (
+    "one of the preset's stage resolutions: the cascade stops after the stage that produces it; default: the"
+    " preset's last. By preset: "
+    + _per_preset(lambda preset: ", ".join(str(spec.resolution) for spec in preset.stages))
+)
 
 
 class GenerateInput(_Strict):
@@ -58,8 +67,12 @@ class GenerateInput(_Strict):
     negative_prompt: str | None = Field(default=None, max_length=MAX_PROMPT_CHARS)
     num_images: int = Field(default=1, ge=1, le=8)
     seed: int | None = Field(default=None, ge=0, le=2**32 - 1, description="fixes the output; random if omitted")
-    resolution: int = Field(default=1024, description="the cascade stops after the stage that produces it")
-    stages: StageOverrides = Field(default_factory=StageOverrides)
+    resolution: int | None = Field(default=None, description=RESOLUTION_DESCRIPTION)
+    stages: dict[str, StageParameters] = Field(
+        default_factory=dict,
+        description=STAGES_DESCRIPTION,
+        examples=[{"base": {"steps": 50, "guidance_scale": 7.0}, "sr256": {"steps": 25, "noise_level": 250}}],
+    )
     caption: bool = False
     index: bool = False
 
@@ -154,6 +167,75 @@ class SearchResult(BaseModel):
 
 class SearchResponse(BaseModel):
     results: list[SearchResult]
+
+
+class PresetStage(BaseModel):
+    """One stage of a preset's cascade, and the defaults a request that names no parameters gets."""
+
+    name: str
+    resolution: int
+    request_key: str = Field(description="the key of this stage's parameters in a request's input.stages")
+    kind: StageKind = Field(
+        description="if: IFPipeline (base stage); if_sr: IFSuperResolutionPipeline; sd_upscale: the x4 upscaler"
+    )
+    default_steps: int
+    default_guidance: float
+    default_noise_level: int | None
+    max_noise_level: int | None
+
+
+class PresetCaptioner(BaseModel):
+    source: str
+
+
+class PresetEmbedder(BaseModel):
+    model_id: str = Field(description="the tag of the vectors it makes: search compares only vectors of one model")
+    dim: int
+
+
+class PresetPublic(BaseModel):
+    """A model preset: its cascade, captioner and embedder."""
+
+    name: str
+    active: bool = Field(description="whether this server's workers run it (IMAGEN_MODEL_PRESET)")
+    available: bool = Field(
+        description="whether its weights are on the API's machine: built or mirrored under IMAGEN_MODELS_DIR,"
+        " or in the Hugging Face cache"
+    )
+    stages: list[PresetStage]
+    captioner: PresetCaptioner
+    embedder: PresetEmbedder
+
+    @classmethod
+    def from_preset(cls, preset: Preset, *, active: bool, available: bool) -> "PresetPublic":
+        """The public view of a preset."""
+        return cls(
+            name=preset.name,
+            active=active,
+            available=available,
+            stages=[
+                PresetStage(
+                    name=spec.name,
+                    resolution=spec.resolution,
+                    request_key=preset.request_key(spec),
+                    kind=spec.kind,
+                    default_steps=spec.default_steps,
+                    default_guidance=spec.default_guidance,
+                    default_noise_level=spec.default_noise_level,
+                    max_noise_level=spec.max_noise_level,
+                )
+                for spec in preset.stages
+            ],
+            captioner=PresetCaptioner(source=preset.captioner.source),
+            embedder=PresetEmbedder(model_id=preset.embedder.model_id, dim=preset.embedder.dim),
+        )
+
+
+class ModelCatalog(BaseModel):
+    """The model presets this server knows, and the one its jobs run on."""
+
+    active: str
+    presets: list[PresetPublic]
 
 
 class OutputFile(BaseModel):

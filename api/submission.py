@@ -13,7 +13,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from api.images import ImageInput, resolve_image
-from api.schemas import CaptionJobCreate, GenerateInput, GenerateJobCreate, JobCreate
+from api.schemas import CaptionJobCreate, GenerateInput, GenerateJobCreate, JobCreate, StageParameters
 from core.address_guard import FetchError, check_url
 from core.config import Settings
 from core.errors import Conflict, InvalidInput
@@ -21,33 +21,32 @@ from core.redis_client import get_redis
 from db import jobs as job_queries
 from db.models import ApiKey, Artifact, IdempotencyKey, Job, JobStatus
 from storage.object_store import ObjectStore
-from workers.dispatch import CAPTION, EMBED, REQUEST_STAGE_KEYS, STAGE_TASKS, enqueue_cascade, generate_stages
-from workers.presets import Preset
+from workers.dispatch import CAPTION, EMBED, STAGE_TASKS, enqueue_cascade, generate_stages
+from workers.presets import Preset, StageSpec
 
 
 def resolve_generate_input(data: GenerateInput, preset: Preset) -> dict[str, Any]:
-    """The input as it will run: every stage's parameters filled in and checked, the seed fixed."""
+    """The input as it will run: the resolution and every stage's parameters filled in and checked, the seed fixed."""
+    resolution = data.resolution if data.resolution is not None else preset.final_resolution
     resolutions = [spec.resolution for spec in preset.stages]
-    if data.resolution not in resolutions:
+    if resolution not in resolutions:
         raise InvalidInput(
-            f"input.resolution must be one of {resolutions} for model preset {preset.name!r}, got {data.resolution}",
+            f"input.resolution must be one of {resolutions} for model preset {preset.name!r}, got {resolution}",
             field="input.resolution",
         )
-    overrides = data.stages.model_dump()
+    by_key = preset.request_keys()
+    _check_stage_keys(data, preset, by_key)
     stages: dict[str, dict[str, Any]] = {}
-    for request_key, stage_name in REQUEST_STAGE_KEYS.items():
-        spec = preset.stage(stage_name)
-        if spec.resolution > data.resolution:
+    for request_key, spec in by_key.items():
+        if spec.resolution > resolution:
             continue  # the cascade stops before this stage; its parameters have nothing to steer
-        given = overrides.get(request_key) or {}
+        given = data.stages[request_key] if request_key in data.stages else StageParameters()
         params: dict[str, Any] = {
-            "steps": given.get("steps") or spec.default_steps,
-            "guidance_scale": given["guidance_scale"]
-            if given.get("guidance_scale") is not None
-            else spec.default_guidance,
+            "steps": given.steps or spec.default_steps,
+            "guidance_scale": given.guidance_scale if given.guidance_scale is not None else spec.default_guidance,
         }
         if spec.max_noise_level is not None:
-            noise = given.get("noise_level")
+            noise = given.noise_level
             noise = (spec.default_noise_level or 0) if noise is None else noise
             if noise > spec.max_noise_level:
                 raise InvalidInput(
@@ -56,17 +55,35 @@ def resolve_generate_input(data: GenerateInput, preset: Preset) -> dict[str, Any
                     field=f"input.stages.{request_key}.noise_level",
                 )
             params["noise_level"] = noise
-        stages[stage_name] = params
+        stages[spec.name] = params
     return {
         "prompt": data.prompt,
         "negative_prompt": data.negative_prompt,
         "num_images": data.num_images,
         "seed": data.seed if data.seed is not None else secrets.randbelow(2**32),
-        "resolution": data.resolution,
+        "resolution": resolution,
         "stages": stages,
         "caption": data.caption,
         "index": data.index,
     }
+
+
+def _check_stage_keys(data: GenerateInput, preset: Preset, by_key: dict[str, StageSpec]) -> None:
+    """Every key of ``input.stages`` names a stage of the preset, and the base stage gets no noise level."""
+    allowed = ", ".join(by_key)
+    for request_key, given in data.stages.items():
+        spec = by_key.get(request_key)
+        if spec is None:
+            raise InvalidInput(
+                f"input.stages.{request_key} is not a stage of model preset {preset.name!r}; allowed keys: {allowed}",
+                field=f"input.stages.{request_key}",
+            )
+        if spec.is_base and given.noise_level is not None:
+            raise InvalidInput(
+                f"input.stages.{request_key}.noise_level: the base stage takes no noise level"
+                " (only super-resolution stages do)",
+                field=f"input.stages.{request_key}.noise_level",
+            )
 
 
 def image_artifact_key(
@@ -155,7 +172,7 @@ def enqueue_committed(session: Session, job: Job) -> None:
     """
     first = job_queries.first_unfinished_stage(job)
     stages = [s.name for s in job.stages[first.position :]] if first is not None else []
-    if enqueue_cascade(job.id, stages, seq=job.dispatch_seq, priority=job.priority):
+    if enqueue_cascade(job.id, stages, preset=job.preset, seq=job.dispatch_seq, priority=job.priority):
         job_queries.mark_dispatched(session, job_id=job.id, seq=job.dispatch_seq)
         session.commit()
 

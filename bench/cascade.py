@@ -1,10 +1,11 @@
-"""Benchmark: tiny-preset generate jobs through the HTTP API vs the same cascade called in one process.
+"""Benchmark: generate jobs through the HTTP API vs the same cascade called in one process (tiny preset by default).
 
 Prints end-to-end latency p50/p95 (jobs one at a time), per-stage run and queue-wait times, throughput
 (a burst of jobs submitted at once), and the orchestration overhead: end-to-end time over the time of
 the same cascade run directly, in this process, with the same parameters and thread count.
 
     python bench/cascade.py                       # starts `imagen-queue up` in a temporary data dir
+    python bench/cascade.py --preset toy          # another local preset (each stage at its default steps)
     python bench/cascade.py --api-url URL --api-key KEY --jobs 20
 """
 
@@ -23,10 +24,9 @@ from typing import Any
 import httpx
 
 from cli.services import free_port
+from workers.presets import Preset, get_preset
 
-STAGES = {"base": {"steps": 8}, "sr256": {"steps": 5}, "sr1024": {"steps": 5}}
 PROMPT = "a corgi wearing a crown"
-STAGE_NAMES = ("encode_text", "base_64", "sr_256", "sr_1024")
 
 
 def _ts(value: str) -> float:
@@ -38,8 +38,13 @@ def _pct(values: list[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
 
 
-def _start_embedded(data_dir: Path, port: int, threads: int) -> tuple[subprocess.Popen[bytes], str, str]:
-    env = {**os.environ, "IMAGEN_DATA_DIR": str(data_dir), "IMAGEN_TORCH_THREADS": str(threads)}
+def _start_embedded(data_dir: Path, port: int, threads: int, preset: str) -> tuple[subprocess.Popen[bytes], str, str]:
+    env = {
+        **os.environ,
+        "IMAGEN_DATA_DIR": str(data_dir),
+        "IMAGEN_TORCH_THREADS": str(threads),
+        "IMAGEN_MODEL_PRESET": preset,
+    }
     log = open(data_dir / "up.log", "wb")  # noqa: SIM115 (kept for the child's lifetime)
     process = subprocess.Popen(
         [sys.executable, "-m", "cli.main", "up", "--port", str(port)], env=env, stdout=log, stderr=subprocess.STDOUT
@@ -70,33 +75,29 @@ def _wait(http: httpx.Client, job_id: str) -> dict[str, Any]:
 
 
 def _submit(http: httpx.Client, seed: int) -> str:
-    body = {"kind": "generate", "input": {"prompt": PROMPT, "seed": seed, "stages": STAGES}}
+    # Every stage at the preset's defaults, as the direct run below.
+    body = {"kind": "generate", "input": {"prompt": PROMPT, "seed": seed}}
     response = http.post("/v1/jobs", json=body)
     response.raise_for_status()
     return str(response.json()["id"])
 
 
-def _direct_runner(models_dir: Path, threads: int) -> Callable[[int], float]:
+def _direct_runner(models_dir: Path, threads: int, preset: Preset) -> Callable[[int], float]:
     """A function that runs the cascade in this process for a seed and returns its seconds."""
     import torch
 
     from workers.cascade import run_direct
     from workers.pipelines import get_cascade
-    from workers.presets import StageParams
-    from workers.tiny_models import build_tiny
+    from workers.preset_files import build_preset
 
     torch.set_num_threads(threads)
-    build_tiny(models_dir)
-    cascade = get_cascade("tiny", models_dir)
-    params = {
-        "base_64": StageParams(8, 7.0),
-        "sr_256": StageParams(5, 4.0, 250),
-        "sr_1024": StageParams(5, 9.0, 100),
-    }
+    build_preset(preset, models_dir)
+    cascade = get_cascade(preset.name, models_dir)
+    params = preset.default_params()
 
     def run(seed: int) -> float:
         start = time.perf_counter()
-        run_direct(cascade, PROMPT, num_images=1, seed=seed, resolution=1024, params=params)
+        run_direct(cascade, PROMPT, num_images=1, seed=seed, resolution=preset.final_resolution, params=params)
         return time.perf_counter() - start
 
     run(0)  # warm-up
@@ -108,18 +109,20 @@ def main() -> None:
     parser.add_argument("--jobs", type=int, default=10, help="jobs run one at a time, for latency")
     parser.add_argument("--burst", type=int, default=10, help="jobs submitted at once, for throughput")
     parser.add_argument("--threads", type=int, default=2, help="torch threads, worker and direct run alike")
+    parser.add_argument("--preset", default="tiny", help="the model preset (the embedded system runs it too)")
     parser.add_argument("--api-url", default=None)
     parser.add_argument("--api-key", default=None)
     args = parser.parse_args()
 
+    preset = get_preset(args.preset)
     data_dir = Path(tempfile.mkdtemp(prefix="imagen-bench-"))
     # The baseline: the same stages, parameters and thread count in this one process.
-    run_direct = _direct_runner(data_dir / "direct-models", args.threads)
+    run_direct = _direct_runner(data_dir / "direct-models", args.threads, preset)
     process = None
     if args.api_url:
         url, key = args.api_url, args.api_key or os.environ.get("IMAGEN_API_KEY", "")
     else:
-        process, url, key = _start_embedded(data_dir, free_port(), args.threads)
+        process, url, key = _start_embedded(data_dir, free_port(), args.threads, preset.name)
     http = httpx.Client(base_url=url, headers={"Authorization": f"Bearer {key}"}, timeout=30)
     try:
         _wait(http, _submit(http, 10_000))  # warm-up: the worker loads its models on first use
@@ -141,12 +144,14 @@ def main() -> None:
             process.wait(60)
 
     e2e = [_ts(j["finished_at"]) - _ts(j["created_at"]) for j in sequential]
-    print(f"tiny preset, 1 image, steps base/sr256/sr1024 = 8/5/5, torch threads {args.threads}")
+    keys = "/".join(preset.request_keys())
+    steps = "/".join(str(spec.default_steps) for spec in preset.stages)
+    print(f"{preset.name} preset, 1 image, steps {keys} = {steps}, torch threads {args.threads}")
     print(
         f"end-to-end latency, {args.jobs} jobs one at a time: p50 {_pct(e2e, 0.5):.2f} s, p95 {_pct(e2e, 0.95):.2f} s"
     )
     print(f"{'stage':<12}{'run p50':>10}{'run p95':>10}{'wait p50':>10}{'wait p95':>10}")
-    for name in STAGE_NAMES:
+    for name in ["encode_text", *(spec.name for spec in preset.stages)]:
         runs = [s["duration_ms"] / 1000 for j in sequential for s in j["stages"] if s["name"] == name]
         waits = [
             _ts(s["started_at"]) - _ts(s["queued_at"]) for j in sequential for s in j["stages"] if s["name"] == name

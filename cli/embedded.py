@@ -75,9 +75,34 @@ def _interrupt(*_: object) -> None:
     raise KeyboardInterrupt
 
 
+def default_model_preset(models_dir: Path) -> str:
+    """The preset `up` runs when IMAGEN_MODEL_PRESET is unset: deepfloyd-if on a CUDA machine that has its
+    weights, else toy (trained small models that run on a CPU)."""
+    import torch
+
+    from workers.preset_files import is_available
+    from workers.presets import get_preset
+
+    # Safe in this parent: the workers are started with exec, never forked from it.
+    if torch.cuda.is_available() and is_available(get_preset("deepfloyd-if"), models_dir):
+        return "deepfloyd-if"
+    return "toy"
+
+
+def _prepare_models(base: Settings) -> str:
+    """Pick the model preset and build it if it is a local one; its name."""
+    from workers.preset_files import build_preset
+    from workers.presets import get_preset
+
+    name = os.environ.get("IMAGEN_MODEL_PRESET") or default_model_preset(base.resolved_models_dir)
+    build_preset(get_preset(name), base.resolved_models_dir)
+    return name
+
+
 def run_embedded(host: str, port: int) -> int:
     """Start everything, print the address and the admin key, and run until interrupted."""
     from cli.services import RedisServer, postgres_data_dir, start_postgres
+    from workers.preset_files import ModelsNotFoundError
     from workers.queues import CPU_QUEUES, MODEL_QUEUES
 
     base = Settings()
@@ -85,6 +110,12 @@ def run_embedded(host: str, port: int) -> int:
     data_dir.mkdir(parents=True, exist_ok=True)
     logs = data_dir / "logs"
     logs.mkdir(exist_ok=True)
+    # Before any server starts: a preset that cannot be built stops `up` with nothing to clean up.
+    try:
+        preset = _prepare_models(base)
+    except (ModelsNotFoundError, ValueError) as exc:
+        print(f"imagen-queue up: {exc}", file=sys.stderr, flush=True)
+        return 1
 
     _pg, database_url = start_postgres(postgres_data_dir(data_dir))
     redis_server = RedisServer(data_dir / "redis")
@@ -97,6 +128,7 @@ def run_embedded(host: str, port: int) -> int:
             "IMAGEN_DATABASE_URL": database_url,
             "IMAGEN_REDIS_URL": redis_server.url,
             "IMAGEN_PUBLIC_URL": public_url,
+            "IMAGEN_MODEL_PRESET": preset,
             "HF_HUB_OFFLINE": "1",
         }
     )
@@ -110,10 +142,6 @@ def run_embedded(host: str, port: int) -> int:
 
     upgrade(database_url)
     key, created = _ensure_admin_key(settings, env)
-    if settings.model_preset == "tiny":
-        from workers.tiny_models import build_tiny
-
-        build_tiny(settings.resolved_models_dir)
 
     children = [
         _spawn("api", ["api", "--host", host, "--port", str(port)], env, logs),
@@ -160,7 +188,7 @@ def run_embedded(host: str, port: int) -> int:
     try:
         _wait_ready(public_url, children)
         print(f"imagen-queue is up: API {public_url}  (docs {public_url}/docs)", flush=True)
-        print(f"data: {data_dir}   logs: {logs}", flush=True)
+        print(f"model preset: {preset}   data: {data_dir}   logs: {logs}", flush=True)
         if key and created:
             print(f"admin API key (shown once, also kept in {admin_key_path(settings)}): {key}", flush=True)
         elif key:

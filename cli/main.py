@@ -70,14 +70,75 @@ def _cmd_build_tiny(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_build_toy(args: argparse.Namespace) -> int:
+    from core.config import get_settings
+    from workers.preset_files import ModelsNotFoundError
+    from workers.toy_models import build_toy
+
+    try:
+        folder = build_toy(args.models_dir or get_settings().resolved_models_dir, force=args.force)
+    except ModelsNotFoundError as exc:
+        print(exc, file=sys.stderr)
+        return 1
+    print(f"toy preset ready in {folder}")
+    return 0
+
+
+def _cmd_models_list(args: argparse.Namespace) -> int:
+    import os
+
+    from core.config import get_settings
+    from workers.preset_files import is_available
+    from workers.presets import PRESETS
+
+    settings = get_settings()
+    models_dir = args.models_dir or settings.resolved_models_dir
+    if os.environ.get("IMAGEN_MODEL_PRESET"):
+        active, note = settings.model_preset, "IMAGEN_MODEL_PRESET"
+    else:
+        from cli.embedded import default_model_preset
+
+        active = default_model_preset(models_dir)
+        note = f"what `imagen-queue up` runs here; other processes default to {settings.model_preset}"
+    print(f"models dir: {models_dir}")
+    print(f"active preset: {active} ({note})")
+    for name, preset in PRESETS.items():
+        available = "available" if is_available(preset, models_dir) else "not available"
+        if not preset.local:
+            how = "read from the models dir or the Hugging Face cache, never downloaded"
+        else:
+            how = f"build: {preset.build_command}"
+        print(f"\n{name}{'  [active]' if name == active else ''}  {available}  ({how})")
+        rows = [
+            (
+                spec.name,
+                str(spec.resolution),
+                spec.kind,
+                preset.request_key(spec),
+                str(spec.default_steps),
+                f"{spec.default_guidance:g}",
+                "-" if spec.max_noise_level is None else f"{spec.default_noise_level} (max {spec.max_noise_level})",
+            )
+            for spec in preset.stages
+        ]
+        _print_table(("  STAGE", "PX", "KIND", "REQUEST KEY", "STEPS", "GUIDANCE", "NOISE LEVEL"), _indent(rows))
+        embedder = preset.embedder
+        print(f"  captioner {preset.captioner.source}; embedder {embedder.source}", end="")
+        print(f" ({embedder.model_id}, {embedder.dim} dims)")
+    return 0
+
+
+def _indent(rows: "Sequence[tuple[str, ...]]") -> list[tuple[str, ...]]:
+    return [(f"  {row[0]}", *row[1:]) for row in rows]
+
+
 def _cmd_generate(args: argparse.Namespace) -> int:
     from cli.client import generate
 
     client = _client(args)
-    body: dict[str, object] = {
-        "kind": "generate",
-        "input": {"prompt": args.prompt, "num_images": args.num_images, "resolution": args.resolution},
-    }
+    body: dict[str, object] = {"kind": "generate", "input": {"prompt": args.prompt, "num_images": args.num_images}}
+    if args.resolution is not None:
+        body["input"]["resolution"] = args.resolution  # type: ignore[index]
     if args.seed is not None:
         body["input"]["seed"] = args.seed  # type: ignore[index]
     if args.negative_prompt:
@@ -314,12 +375,21 @@ def build_parser() -> argparse.ArgumentParser:
     build.add_argument("--models-dir", type=Path, default=None)
     build.add_argument("--force", action="store_true")
     build.set_defaults(func=_cmd_build_tiny)
+    build_toy = models_sub.add_parser(
+        "build-toy", help="assemble the toy preset from the committed weights (models/toy/) and all-MiniLM-L6-v2"
+    )
+    build_toy.add_argument("--models-dir", type=Path, default=None)
+    build_toy.add_argument("--force", action="store_true")
+    build_toy.set_defaults(func=_cmd_build_toy)
+    list_models = models_sub.add_parser("list", help="list the presets, their stages, and which are available here")
+    list_models.add_argument("--models-dir", type=Path, default=None)
+    list_models.set_defaults(func=_cmd_models_list)
 
     gen = sub.add_parser("generate", help="submit a generate job, wait, download its images")
     gen.add_argument("prompt")
     gen.add_argument("--negative-prompt", default=None)
     gen.add_argument("--num-images", type=int, default=1)
-    gen.add_argument("--resolution", type=int, default=1024)
+    gen.add_argument("--resolution", type=int, default=None, help="default: the preset's final resolution")
     gen.add_argument("--seed", type=int, default=None)
     gen.add_argument("--out", default="out")
     gen.add_argument("--caption", action="store_true", help="also caption the final images")

@@ -32,6 +32,8 @@ class Settings(BaseSettings):
 
     model_preset: str = "tiny"
     models_dir: Path | None = None
+    # The committed weights the toy preset is assembled from (default: models/toy/ of the checkout).
+    toy_weights_dir: Path | None = None
     torch_threads: int | None = None
 
     admin_api_key: str | None = None

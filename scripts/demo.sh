@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
 # Quick start: install, start the embedded system (`imagen-queue up`), run one generate job end to end
-# through the HTTP API and a Celery worker, and print the paths of its 64, 256 and 1024 px images.
+# through the HTTP API and a Celery worker, and print the paths of its images, one per cascade stage.
+# Without a GPU (and without IMAGEN_MODEL_PRESET) it runs the `toy` preset: 32 and 128 px images of
+# one coloured shape, e.g. "a red circle on the left" or "a green triangle at the bottom".
 #   bash scripts/demo.sh ["a prompt"]
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -20,6 +22,6 @@ for _ in $(seq 1 180); do
   sleep 1
 done
 grep -q "imagen-queue is up" "$IMAGEN_DATA_DIR/up.log" || { cat "$IMAGEN_DATA_DIR/up.log" >&2; exit 1; }
-grep -E "imagen-queue is up|admin API key" "$IMAGEN_DATA_DIR/up.log" >&2
+grep -E "imagen-queue is up|model preset|admin API key" "$IMAGEN_DATA_DIR/up.log" >&2
 
-imagen-queue generate "${1:-a corgi wearing a crown}" --seed 42 --api-url "http://127.0.0.1:$port" --out out
+imagen-queue generate "${1:-a blue square at the top}" --seed 42 --api-url "http://127.0.0.1:$port" --out out

@@ -27,10 +27,12 @@ def system() -> Iterator[System]:
 
         get_settings.cache_clear()
         from db.migrate import upgrade
-        from workers.tiny_models import build_tiny
+        from workers.preset_files import build_preset
+        from workers.presets import get_preset
 
         upgrade(system.env["IMAGEN_DATABASE_URL"])
-        build_tiny(get_settings().resolved_models_dir)
+        settings = get_settings()
+        build_preset(get_preset(settings.model_preset), settings.resolved_models_dir)
         system.start_processes()
         yield system
     finally:

@@ -119,7 +119,8 @@ class ChildProcess:
 class System:
     """The whole system on loopback: databases, broker, store, API, a worker and the beat scheduler."""
 
-    def __init__(self) -> None:
+    def __init__(self, preset: str = "tiny") -> None:
+        self.preset = preset
         self.root = Path(tempfile.mkdtemp(prefix="imagen-tests-"))
         self.logs = self.root / "logs"
         self.logs.mkdir()
@@ -151,7 +152,7 @@ class System:
             "IMAGEN_S3_SECRET_KEY": "test-secret",
             "IMAGEN_S3_BUCKET": "imagen-test",
             "IMAGEN_PUBLIC_URL": self.api_url,
-            "IMAGEN_MODEL_PRESET": "tiny",
+            "IMAGEN_MODEL_PRESET": self.preset,
             "IMAGEN_MODELS_DIR": str(self.root / "models"),
             "IMAGEN_TORCH_THREADS": "2",
             # Fast fault handling, so the fault tests take seconds.

@@ -15,11 +15,17 @@ from dataclasses import dataclass
 import numpy as np
 import PIL.Image
 import torch
+
+# From their modules, not `diffusers`: its lazy top level shows type checkers placeholder classes.
+from diffusers.pipelines.deepfloyd_if.pipeline_if_superresolution import IFSuperResolutionPipeline
+from diffusers.pipelines.stable_diffusion.pipeline_stable_diffusion_upscale import (
+    StableDiffusionUpscalePipeline,
+)
 from safetensors.torch import load as load_safetensors
 from safetensors.torch import save as save_safetensors
 
 from workers.pipelines import Cascade
-from workers.presets import BASE_64, SR_256, SR_1024, StageParams, StageSpec
+from workers.presets import StageKind, StageParams, StageSpec
 
 ProgressFn = Callable[[float], None]
 """Called with the fraction of the stage done (0..1] after each denoising step; may raise to stop."""
@@ -95,7 +101,7 @@ def run_base(
     on_progress: ProgressFn | None = None,
 ) -> list[PIL.Image.Image]:
     """Stage I: `num_images` images of the base resolution from the prompt's embeddings."""
-    spec = cascade.preset.stage(BASE_64)
+    spec = cascade.preset.base_stage
     pipeline = cascade.base
 
     # 1. Check inputs
@@ -131,8 +137,9 @@ def run_base(
     return images
 
 
-def run_sr_256(
+def run_if_sr(
     cascade: Cascade,
+    stage_name: str,
     images: Sequence[PIL.Image.Image],
     embeds: PromptEmbeds,
     *,
@@ -142,9 +149,9 @@ def run_sr_256(
     noise_level: int,
     on_progress: ProgressFn | None = None,
 ) -> list[PIL.Image.Image]:
-    """Stage II: upscale base images x4, conditioned on the prompt's embeddings (IF-II)."""
-    spec = cascade.preset.stage(SR_256)
-    pipeline = cascade.sr_256
+    """An IF-II stage: upscale the previous stage's images, conditioned on the prompt's embeddings."""
+    spec = _sr_stage(cascade, stage_name, "if_sr")
+    pipeline = cascade.pipeline(spec.name, IFSuperResolutionPipeline)
 
     # 1. Check inputs
     _check_sr_inputs(cascade, spec, images, seed, steps, guidance_scale, noise_level)
@@ -176,8 +183,9 @@ def run_sr_256(
     return upscaled
 
 
-def run_sr_1024(
+def run_sd_upscale(
     cascade: Cascade,
+    stage_name: str,
     images: Sequence[PIL.Image.Image],
     prompt: str,
     negative_prompt: str | None = None,
@@ -188,9 +196,9 @@ def run_sr_1024(
     noise_level: int,
     on_progress: ProgressFn | None = None,
 ) -> list[PIL.Image.Image]:
-    """Stage III: upscale stage II images x4 with the x4 upscaler, which encodes the prompt itself."""
-    spec = cascade.preset.stage(SR_1024)
-    pipeline = cascade.sr_1024
+    """An x4-upscaler stage: upscale the previous stage's images x4; the upscaler encodes the prompt itself."""
+    spec = _sr_stage(cascade, stage_name, "sd_upscale")
+    pipeline = cascade.pipeline(spec.name, StableDiffusionUpscalePipeline)
 
     # 1. Check inputs
     _check_sr_inputs(cascade, spec, images, seed, steps, guidance_scale, noise_level)
@@ -233,10 +241,12 @@ def run_sr(
     noise_level: int,
     on_progress: ProgressFn | None = None,
 ) -> list[PIL.Image.Image]:
-    """Run the super-resolution stage called `stage_name`, giving it the conditioning it takes."""
-    if stage_name == SR_256:
-        return run_sr_256(
+    """Run the super-resolution stage called `stage_name`, giving it the conditioning its kind takes."""
+    spec = _sr_stage(cascade, stage_name)
+    if spec.kind == "if_sr":
+        return run_if_sr(
             cascade,
+            spec.name,
             images,
             embeds,
             seed=seed,
@@ -245,19 +255,18 @@ def run_sr(
             noise_level=noise_level,
             on_progress=on_progress,
         )
-    if stage_name == SR_1024:
-        return run_sr_1024(
-            cascade,
-            images,
-            prompt,
-            negative_prompt,
-            seed=seed,
-            steps=steps,
-            guidance_scale=guidance_scale,
-            noise_level=noise_level,
-            on_progress=on_progress,
-        )
-    raise ValueError(f"stage_name must be {SR_256!r} or {SR_1024!r}, got {stage_name!r}")
+    return run_sd_upscale(
+        cascade,
+        spec.name,
+        images,
+        prompt,
+        negative_prompt,
+        seed=seed,
+        steps=steps,
+        guidance_scale=guidance_scale,
+        noise_level=noise_level,
+        on_progress=on_progress,
+    )
 
 
 def run_direct(
@@ -287,7 +296,7 @@ def run_direct(
     images: list[PIL.Image.Image] = []
     for spec in stages:
         stage_params = chosen[spec.name]
-        if spec.name == BASE_64:
+        if spec.is_base:
             images = run_base(
                 cascade,
                 embeds,
@@ -372,6 +381,18 @@ def _check_embeds(embeds: PromptEmbeds, width: int) -> None:
             )
 
 
+def _sr_stage(cascade: Cascade, stage_name: str, kind: StageKind | None = None) -> StageSpec:
+    """The spec of the super-resolution stage `stage_name` (of `kind`, if given), else a ValueError."""
+    allowed = [spec.name for spec in cascade.preset.stages[1:] if kind is None or spec.kind == kind]
+    if stage_name not in allowed:
+        what = f"a {kind} stage" if kind else "a super-resolution stage"
+        raise ValueError(
+            f"stage_name must be {what} of preset {cascade.preset.name!r} ({', '.join(allowed) or 'none'}),"
+            f" got {stage_name!r}"
+        )
+    return cascade.preset.stage(stage_name)
+
+
 def _check_sr_inputs(
     cascade: Cascade,
     spec: StageSpec,
@@ -412,7 +433,7 @@ def _resolve_params(
     for spec in stages:
         given = params.get(spec.name, spec.default_params())
         noise_level = given.noise_level
-        if spec.name != BASE_64 and noise_level is None:
+        if not spec.is_base and noise_level is None:
             noise_level = spec.default_noise_level
         chosen[spec.name] = StageParams(given.steps, given.guidance_scale, noise_level)
     return chosen

@@ -10,7 +10,7 @@ from kombu.exceptions import KombuError
 from redis.exceptions import RedisError
 
 from workers.celery_app import app
-from workers.presets import Preset
+from workers.presets import Preset, StageKind, get_preset
 
 log = logging.getLogger(__name__)
 
@@ -18,14 +18,18 @@ ENCODE_TEXT = "encode_text"
 CAPTION = "caption"
 EMBED = "embed"
 
-# Stage name -> (task name, queue). SR stages at every resolution share one task and queue.
+# The stages every preset shares: stage name -> (task name, queue).
 STAGE_TASKS = {
     ENCODE_TEXT: ("imagen.encode_text", "text"),
-    "base_64": ("imagen.base", "base"),
-    "sr_256": ("imagen.sr", "sr"),
-    "sr_1024": ("imagen.sr", "sr"),
     CAPTION: ("imagen.caption", "caption"),
     EMBED: ("imagen.embed", "embed"),
+}
+# A cascade stage's task and queue follow from its kind: super-resolution stages of every kind and
+# resolution share one task (which looks the stage up in the job's preset) and one queue.
+KIND_TASKS: dict[StageKind, tuple[str, str]] = {
+    "if": ("imagen.base", "base"),
+    "if_sr": ("imagen.sr", "sr"),
+    "sd_upscale": ("imagen.sr", "sr"),
 }
 FINALIZE_TASK = "imagen.finalize"
 
@@ -41,22 +45,26 @@ def generate_stages(
     captioning and indexing of the final images when asked for."""
     names = [ENCODE_TEXT, *(spec.name for spec in preset.stages_up_to(resolution))]
     names += [CAPTION] * caption + [EMBED] * index
-    return [(name, STAGE_TASKS[name][1]) for name in names]
+    return [(name, stage_task(preset, name)[1]) for name in names]
 
 
-def cascade_chain(job_id: uuid.UUID, stages: Sequence[str], *, seq: int, priority: int) -> Signature:
-    """The chain of immutable signatures that runs ``stages`` of a job, then finalizes it."""
+def stage_task(preset: Preset, stage: str) -> tuple[str, str]:
+    """The (task name, queue) that runs ``stage`` of a job of ``preset``."""
+    if stage in STAGE_TASKS:
+        return STAGE_TASKS[stage]
+    return KIND_TASKS[preset.stage(stage).kind]
+
+
+def cascade_chain(job_id: uuid.UUID, stages: Sequence[str], *, preset: str, seq: int, priority: int) -> Signature:
+    """The chain of immutable signatures that runs ``stages`` of a job of ``preset``, then finalizes it."""
     redis_priority = 9 - priority  # the API's 9 runs first; Redis serves 0 first
-    signatures = [
-        app.signature(
-            STAGE_TASKS[name][0],
-            args=(str(job_id), name, seq),
-            immutable=True,
-            queue=STAGE_TASKS[name][1],
-            priority=redis_priority,
+    preset_spec = get_preset(preset)
+    signatures = []
+    for name in stages:
+        task, queue = stage_task(preset_spec, name)
+        signatures.append(
+            app.signature(task, args=(str(job_id), name, seq), immutable=True, queue=queue, priority=redis_priority)
         )
-        for name in stages
-    ]
     signatures.append(
         app.signature(
             FINALIZE_TASK, args=(str(job_id), "finalize", seq), immutable=True, queue="control", priority=redis_priority
@@ -65,15 +73,12 @@ def cascade_chain(job_id: uuid.UUID, stages: Sequence[str], *, seq: int, priorit
     return chain(*signatures)
 
 
-def enqueue_cascade(job_id: uuid.UUID, stages: Sequence[str], *, seq: int, priority: int) -> bool:
+def enqueue_cascade(job_id: uuid.UUID, stages: Sequence[str], *, preset: str, seq: int, priority: int) -> bool:
     """Send the chain to the broker; False (logged) when the broker cannot be reached."""
+    signature = cascade_chain(job_id, stages, preset=preset, seq=seq, priority=priority)
     try:
-        cascade_chain(job_id, stages, seq=seq, priority=priority).apply_async(retry=True, retry_policy=_PUBLISH_RETRY)
+        signature.apply_async(retry=True, retry_policy=_PUBLISH_RETRY)
     except (KombuError, RedisError, OSError) as exc:
         log.warning("could not enqueue job %s (generation %d): %s; the sweeper will", job_id, seq, exc)
         return False
     return True
-
-
-# The request's names for stage parameters (ARCHITECTURE.md section 5) -> the cascade's stage names.
-REQUEST_STAGE_KEYS = {"base": "base_64", "sr256": "sr_256", "sr1024": "sr_1024"}

@@ -1,4 +1,4 @@
-"""Loading a preset's three pipelines, once per worker process."""
+"""Loading a preset's cascade (one diffusers pipeline per stage), once per worker process."""
 
 from __future__ import annotations
 
@@ -23,40 +23,55 @@ from diffusers.utils import logging as diffusers_logging
 from transformers.utils import logging as transformers_logging
 
 from workers.model_loads import record_model_load
-from workers.presets import BASE_64, SR_256, SR_1024, Preset, StageSpec, get_preset
+from workers.preset_files import PIPELINE_FILE, ModelsNotFoundError
+from workers.presets import Preset, StageKind, StageSpec, get_preset
 
 logger = logging.getLogger(__name__)
 
 _Pipeline = TypeVar("_Pipeline", bound=DiffusionPipeline)
 
-
-class ModelsNotFoundError(FileNotFoundError):
-    """A preset's weights are neither in the models dir nor in the Hugging Face cache."""
+# The diffusers class each kind of stage runs.
+PIPELINE_CLASSES: dict[StageKind, type[DiffusionPipeline]] = {
+    "if": IFPipeline,
+    "if_sr": IFSuperResolutionPipeline,
+    "sd_upscale": StableDiffusionUpscalePipeline,
+}
 
 
 class Cascade:
-    """A preset's three pipelines, resident on one device."""
+    """A preset's pipelines, one per stage by stage name, resident on one device."""
 
     def __init__(
         self,
         preset: Preset,
-        base: IFPipeline,
-        sr_256: IFSuperResolutionPipeline,
-        sr_1024: StableDiffusionUpscalePipeline,
+        pipelines: dict[str, DiffusionPipeline],
         *,
         device: str,
         dtype: torch.dtype,
         load_seconds: float,
     ) -> None:
+        missing = [spec.name for spec in preset.stages if spec.name not in pipelines]
+        if missing:
+            raise ValueError(f"pipelines lacks stages {missing} of preset {preset.name!r}")
         self.preset = preset
-        self.base = base
-        self.sr_256 = sr_256
-        self.sr_1024 = sr_1024
+        self.pipelines = pipelines
         self.device = device
         self.dtype = dtype
         self.load_seconds = load_seconds
         # Schedulers keep per-run state (timesteps), so two threads must not run a stage at once.
         self.run_lock = threading.Lock()
+
+    @property
+    def base(self) -> IFPipeline:
+        """The base stage's pipeline, whose text encoder encodes prompts for the whole cascade."""
+        return self.pipeline(self.preset.base_stage.name, IFPipeline)
+
+    def pipeline(self, stage: str, pipeline_class: type[_Pipeline]) -> _Pipeline:
+        """The pipeline of the stage called `stage`, which must be a `pipeline_class`."""
+        pipeline = self.pipelines[self.preset.stage(stage).name]
+        if not isinstance(pipeline, pipeline_class):
+            raise TypeError(f"stage {stage} runs a {type(pipeline).__name__}, not a {pipeline_class.__name__}")
+        return pipeline
 
     def __repr__(self) -> str:
         return f"Cascade(preset={self.preset.name!r}, device={self.device!r}, dtype={self.dtype})"
@@ -74,16 +89,16 @@ def load_cascade(preset: Preset, models_dir: Path) -> Cascade:
     device, dtype = pick_device(preset)
     started = time.perf_counter()
     with quiet_progress_bars():
-        base, sr_256, sr_1024 = _load_stages(preset, models_dir, dtype)
+        pipelines = _load_stages(preset, models_dir, dtype)
 
     # Progress is reported through the denoising callback, not tqdm bars in the worker's log.
-    for pipeline in (base, sr_256, sr_1024):
+    for pipeline in pipelines.values():
         pipeline.to(device)
         pipeline.set_progress_bar_config(disable=True)
 
     load_seconds = time.perf_counter() - started
     logger.info("loaded preset %s on %s (%s) in %.2f s", preset.name, device, dtype, load_seconds)
-    return Cascade(preset, base, sr_256, sr_1024, device=device, dtype=dtype, load_seconds=load_seconds)
+    return Cascade(preset, pipelines, device=device, dtype=dtype, load_seconds=load_seconds)
 
 
 @contextmanager
@@ -102,35 +117,23 @@ def quiet_progress_bars() -> Iterator[None]:
             transformers_logging.enable_progress_bar()
 
 
-def _load_stages(
-    preset: Preset, models_dir: Path, dtype: torch.dtype
-) -> tuple[IFPipeline, IFSuperResolutionPipeline, StableDiffusionUpscalePipeline]:
-    # Stage II gets its text embeddings from stage I, so it loads no T5 of its own.
-    base = _load_stage(IFPipeline, preset, preset.stage(BASE_64), models_dir, dtype)
-    sr_256 = _load_stage(
-        IFSuperResolutionPipeline,
-        preset,
-        preset.stage(SR_256),
-        models_dir,
-        dtype,
-        text_encoder=None,
-        tokenizer=None,
-    )
-    # The x4 upscaler has no safety modules of its own; diffusers' IF recipe lends it stage I's.
-    safety_modules = {
-        name: getattr(base, name, None)
-        for name in ("safety_checker", "feature_extractor", "watermarker")
-        if getattr(base, name, None) is not None
-    }
-    sr_1024 = _load_stage(
-        StableDiffusionUpscalePipeline,
-        preset,
-        preset.stage(SR_1024),
-        models_dir,
-        dtype,
-        **safety_modules,
-    )
-    return base, sr_256, sr_1024
+def _load_stages(preset: Preset, models_dir: Path, dtype: torch.dtype) -> dict[str, DiffusionPipeline]:
+    base = _load_stage(IFPipeline, preset, preset.base_stage, models_dir, dtype)
+    pipelines: dict[str, DiffusionPipeline] = {preset.base_stage.name: base}
+    for spec in preset.stages[1:]:
+        components: dict[str, Any] = {}
+        if spec.kind == "if_sr":
+            # IF's super-resolution stages get their text embeddings from stage I: no text encoder of their own.
+            components = {"text_encoder": None, "tokenizer": None}
+        elif spec.kind == "sd_upscale":
+            # The x4 upscaler has no safety modules of its own; diffusers' IF recipe lends it stage I's.
+            components = {
+                name: getattr(base, name, None)
+                for name in ("safety_checker", "feature_extractor", "watermarker")
+                if getattr(base, name, None) is not None
+            }
+        pipelines[spec.name] = _load_stage(PIPELINE_CLASSES[spec.kind], preset, spec, models_dir, dtype, **components)
+    return pipelines
 
 
 class _Loaded(Protocol):
@@ -185,7 +188,7 @@ def _load_stage(
 
 def _locate(preset: Preset, spec: StageSpec, models_dir: Path) -> str:
     folder = models_dir / spec.source
-    if (folder / "model_index.json").is_file():
+    if (folder / PIPELINE_FILE).is_file():
         return str(folder)
     if preset.local:
         hint = f"; run `{preset.build_command}`" if preset.build_command else ""

@@ -33,6 +33,7 @@ _UNDISPATCHED_GRACE_S = 5.0
 @dataclass(frozen=True)
 class Redispatch:
     job_id: uuid.UUID
+    preset: str
     stages: list[str]
     seq: int
     priority: int
@@ -48,9 +49,9 @@ def plan_redispatch(job: Job) -> Redispatch:
     first = job_queries.first_unfinished_stage(job)
     seq = job_queries.bump_dispatch(job)
     if first is None:
-        return Redispatch(job.id, [], seq, job.priority)
+        return Redispatch(job.id, job.preset, [], seq, job.priority)
     first.queued_at = job_queries.now()
-    return Redispatch(job.id, [s.name for s in job.stages[first.position :]], seq, job.priority)
+    return Redispatch(job.id, job.preset, [s.name for s in job.stages[first.position :]], seq, job.priority)
 
 
 def sweep_lost_jobs() -> list[uuid.UUID]:
@@ -82,7 +83,7 @@ def sweep_lost_jobs() -> list[uuid.UUID]:
     if everything and plans:
         log.warning("the broker came back empty: enqueuing %d live jobs again", len(plans))
     for plan in plans:
-        if enqueue_cascade(plan.job_id, plan.stages, seq=plan.seq, priority=plan.priority):
+        if enqueue_cascade(plan.job_id, plan.stages, preset=plan.preset, seq=plan.seq, priority=plan.priority):
             with session_scope() as session:
                 job_queries.mark_dispatched(session, job_id=plan.job_id, seq=plan.seq)
             log.info(

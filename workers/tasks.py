@@ -363,10 +363,21 @@ def _encode_text(run: StageRun) -> None:
     report(1.0)
 
 
+def _check_stage_kind(run: StageRun, *, base: bool) -> None:
+    """A stage's task follows from its kind in the job's preset; a message for another kind is a mistake."""
+    from workers.presets import get_preset
+
+    spec = get_preset(run.preset).stage(run.stage)
+    if spec.is_base != base:
+        task = "base" if base else "super-resolution"
+        raise ValueError(f"stage {run.stage} of preset {run.preset!r} is of kind {spec.kind!r}, not a {task} stage")
+
+
 def _base(run: StageRun) -> None:
     from workers import cascade
     from workers.pipelines import get_cascade
 
+    _check_stage_kind(run, base=True)
     pipes = get_cascade(run.preset, get_settings().resolved_models_dir)
     store = process_store()
     embeds = cascade.embeds_from_bytes(store.get(embeddings_key(run.job_id)))
@@ -389,6 +400,7 @@ def _super_resolve(run: StageRun) -> None:
     from workers import cascade
     from workers.pipelines import get_cascade
 
+    _check_stage_kind(run, base=False)
     if run.previous_stage is None or run.previous_stage == ENCODE_TEXT:
         raise ValueError(f"stage {run.stage} needs an image stage before it, got {run.previous_stage!r}")
     pipes = get_cascade(run.preset, get_settings().resolved_models_dir)
@@ -479,13 +491,13 @@ def encode_text(self: Task, job_id: str, stage: str, seq: int) -> None:
 
 @app.task(name="imagen.base", **_TASK_OPTIONS)
 def base(self: Task, job_id: str, stage: str, seq: int) -> None:
-    """Stage I: text-conditional diffusion at 64 px."""
+    """Stage I: text-conditional diffusion at the preset's base resolution."""
     run_stage(self, job_id, stage, seq, _base, _load_cascade)
 
 
 @app.task(name="imagen.sr", **_TASK_OPTIONS)
 def super_resolution(self: Task, job_id: str, stage: str, seq: int) -> None:
-    """A super-resolution stage (256 or 1024 px) conditioned on the previous image and the text."""
+    """A super-resolution stage of any kind and resolution, conditioned on the previous image and the text."""
     run_stage(self, job_id, stage, seq, _super_resolve, _load_cascade)
 
 

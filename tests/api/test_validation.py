@@ -28,6 +28,9 @@ CASES = [
         422,
         "input.stages.sr1024.noise_level",
     ),
+    ("a stage of another preset", _body(stages={"sr128": {"steps": 3}}), 422, "input.stages.sr128"),
+    ("noise level on the base stage", _body(stages={"base": {"noise_level": 5}}), 422, "input.stages.base.noise_level"),
+    ("stage params not an object", _body(stages={"base": 3}), 422, "input.stages.base"),
     ("resolution 512", _body(resolution=512), 422, "input.resolution"),
     ("num_images 50", _body(num_images=50), 422, "input.num_images"),
     ("negative seed", _body(seed=-1), 422, "input.seed"),
@@ -47,6 +50,12 @@ def test_bad_input_names_the_field(client: Client, name: str, body: dict[str, An
     assert error["field"] == field
     assert error["code"] == "invalid_request"
     assert field in error["message"]
+
+
+def test_an_unknown_stage_key_lists_the_presets_keys(client: Client) -> None:
+    response = client.http.post("/v1/jobs", json=_body(stages={"sr512": {}}))
+    assert response.status_code == 422, response.text
+    assert "allowed keys: base, sr256, sr1024" in response.json()["error"]["message"]
 
 
 def test_malformed_json_is_a_400(client: Client) -> None:

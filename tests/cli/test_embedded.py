@@ -29,7 +29,15 @@ class Embedded:
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.env = {k: v for k, v in os.environ.items() if not k.startswith("IMAGEN_")}
-        self.env.update({"IMAGEN_DATA_DIR": str(data_dir), "IMAGEN_TORCH_THREADS": "2", "PYTHONUNBUFFERED": "1"})
+        # The tiny preset (built on the spot): `up` would otherwise pick one by the machine it runs on.
+        self.env.update(
+            {
+                "IMAGEN_DATA_DIR": str(data_dir),
+                "IMAGEN_MODEL_PRESET": "tiny",
+                "IMAGEN_TORCH_THREADS": "2",
+                "PYTHONUNBUFFERED": "1",
+            }
+        )
         self.process: subprocess.Popen[bytes] | None = None
         self.log = data_dir / "up-test.log"
 

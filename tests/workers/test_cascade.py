@@ -246,16 +246,18 @@ _SR: dict[str, Any] = {"seed": 0, "steps": 2, "guidance_scale": 4.0, "noise_leve
             lambda c, e: stages.run_base(c, PromptEmbeds(torch.zeros(1, 77, 5), torch.zeros(1, 77, 5)), **_BASE),
             "embeds",
         ),
-        (lambda c, e: stages.run_sr_256(c, _small(32), e, **_SR), "images[0]"),
-        (lambda c, e: stages.run_sr_256(c, [], e, **_SR), "images"),
-        (lambda c, e: stages.run_sr_256(c, _small(64), e, **{**_SR, "noise_level": 1000}), "noise_level"),
+        (lambda c, e: stages.run_if_sr(c, "sr_256", _small(32), e, **_SR), "images[0]"),
+        (lambda c, e: stages.run_if_sr(c, "sr_256", [], e, **_SR), "images"),
+        (lambda c, e: stages.run_if_sr(c, "sr_256", _small(64), e, **{**_SR, "noise_level": 1000}), "noise_level"),
         (
-            lambda c, e: stages.run_sr_1024(c, _small(256), PROMPT, **{**_SR, "noise_level": 351}),
+            lambda c, e: stages.run_sd_upscale(c, "sr_1024", _small(256), PROMPT, **{**_SR, "noise_level": 351}),
             "noise_level",
         ),
-        (lambda c, e: stages.run_sr_1024(c, _small(64), PROMPT, **_SR), "images[0]"),
-        (lambda c, e: stages.run_sr_1024(c, _small(256), "", **_SR), "prompt"),
+        (lambda c, e: stages.run_sd_upscale(c, "sr_1024", _small(64), PROMPT, **_SR), "images[0]"),
+        (lambda c, e: stages.run_sd_upscale(c, "sr_1024", _small(256), "", **_SR), "prompt"),
         (lambda c, e: stages.run_sr(c, "sr_512", _small(64), e, PROMPT, None, **_SR), "stage_name"),
+        (lambda c, e: stages.run_if_sr(c, "sr_1024", _small(256), e, **_SR), "stage_name"),
+        (lambda c, e: stages.run_sr(c, "base_64", _small(64), e, PROMPT, None, **_SR), "stage_name"),
         (
             lambda c, e: stages.run_direct(c, PROMPT, num_images=1, seed=0, resolution=512),
             "resolution",
@@ -313,7 +315,7 @@ def test_get_cascade_loads_once_per_process(cascade: Cascade, models_dir: Path) 
 
 
 def test_presets_share_the_cascade_shape() -> None:
-    for preset in PRESETS.values():
+    for preset in (PRESETS["tiny"], PRESETS["deepfloyd-if"]):
         assert [(s.name, s.resolution) for s in preset.stages] == [
             ("base_64", 64),
             ("sr_256", 256),
