@@ -32,8 +32,17 @@ def _cmd_api(args: argparse.Namespace) -> int:
 
 
 def _cmd_worker(args: argparse.Namespace) -> int:
+    from core.config import get_settings
     from workers.celery_app import app
+    from workers.preset_files import build_preset
+    from workers.presets import get_preset
+    from workers.queues import MODEL_QUEUES
 
+    if set(args.queues.split(",")) & set(MODEL_QUEUES):
+        # A local preset (tiny, toy) is built, or rebuilt after its weights changed, before the first
+        # task needs it; a no-op when the build is current.
+        settings = get_settings()
+        build_preset(get_preset(settings.model_preset), settings.resolved_models_dir)
     argv = ["worker", "--queues", args.queues, "--pool", args.pool, "--loglevel", args.loglevel]
     if args.concurrency:
         argv += ["--concurrency", str(args.concurrency)]
