@@ -8,7 +8,7 @@ import logging
 import os
 import sys
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any, cast
 
@@ -86,10 +86,17 @@ def load_checkpoint(run_dir: Path) -> dict[str, Any] | None:
 
 
 def start_training(
-    model: torch.nn.Module, run_dir: Path, weights: Path, *, lr: float, ema_decay: float
+    model: torch.nn.Module,
+    run_dir: Path,
+    committed: Path,
+    load_committed: Callable[[], dict[str, torch.Tensor] | None],
+    *,
+    lr: float,
+    ema_decay: float,
 ) -> tuple[Ema, torch.optim.Optimizer, int]:
-    """The EMA, optimizer and first step of a run: from its checkpoint, else from the committed
-    `weights` (a safetensors file; a fresh checkout goes on where the last export stopped), else from scratch."""
+    """The EMA, optimizer and first step of a run: from its checkpoint, else from the exported folder
+    `committed` (its weights as `load_committed` reads them, None if there are none; a fresh checkout goes
+    on where the last export stopped, with a new optimizer), else from scratch."""
     optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.01)
     checkpoint = load_checkpoint(run_dir)
     if checkpoint is not None:
@@ -99,12 +106,36 @@ def start_training(
         optimizer.load_state_dict(checkpoint["optimizer"])
         logger.info("resumed %s at step %d", run_dir, checkpoint["step"])
         return ema, optimizer, int(checkpoint["step"])
-    if weights.is_file():
-        model.load_state_dict({name: value.float() for name, value in load_file(weights).items()})
-        start = previous_steps(weights.parent.parent if weights.parent.name == "unet" else weights.parent)
-        logger.info("continuing from the committed weights in %s, trained %d steps", weights.parent, start)
+    weights = load_committed()
+    if weights is not None:
+        model.load_state_dict({name: value.float() for name, value in weights.items()})
+        start = previous_steps(committed)
+        logger.info("continuing from the committed weights in %s, trained %d steps", committed, start)
         return Ema(model, ema_decay), optimizer, start
     return Ema(model, ema_decay), optimizer, 0
+
+
+def unet_weights(folder: Path) -> dict[str, torch.Tensor] | None:
+    """The UNet weights of an exported pipeline folder, or None if it has none."""
+    path = folder / "unet" / "diffusion_pytorch_model.safetensors"
+    return load_file(path) if path.is_file() else None
+
+
+def end_of_step(
+    done: int,
+    args: argparse.Namespace,
+    model: torch.nn.Module,
+    ema: Ema,
+    optimizer: torch.optim.Optimizer,
+    export: Callable[[int], None],
+) -> None:
+    """After step `done`: the checkpoint, and `export(done)`, when they are due (both after the last step)."""
+    last = done == args.steps
+    if done % args.checkpoint_every == 0 or last:
+        save_checkpoint(args.run_dir, done, model=model.state_dict(), ema=ema.shadow, optimizer=optimizer.state_dict())
+    if not args.no_export and (done % args.export_every == 0 or last):
+        export(done)
+        model.train()
 
 
 def set_lr(optimizer: torch.optim.Optimizer, lr: float, step: int, warmup: int) -> None:

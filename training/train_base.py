@@ -29,13 +29,14 @@ from training.common import (
     TextCache,
     arguments,
     diffusion_loss,
+    end_of_step,
     optimize,
     progress,
     record,
-    save_checkpoint,
     set_lr,
     setup_logging,
     start_training,
+    unet_weights,
 )
 from training.toy_models import (
     BASE_RESOLUTION,
@@ -70,7 +71,7 @@ def main() -> None:
 
     unet = base_unet()
     ema, optimizer, start = start_training(
-        unet, args.run_dir, STAGE_DIR / "unet" / "diffusion_pytorch_model.safetensors", lr=args.lr, ema_decay=EMA_DECAY
+        unet, args.run_dir, STAGE_DIR, lambda: unet_weights(STAGE_DIR), lr=args.lr, ema_decay=EMA_DECAY
     )
     scheduler = training_scheduler()
     texts = TextCache()
@@ -91,13 +92,7 @@ def main() -> None:
 
         done = step + 1
         log(done, loss.item(), f", {len(texts)} captions cached")
-        if done % args.checkpoint_every == 0 or done == args.steps:
-            save_checkpoint(
-                args.run_dir, done, model=unet.state_dict(), ema=ema.shadow, optimizer=optimizer.state_dict()
-            )
-        if not args.no_export and (done % args.export_every == 0 or done == args.steps):
-            export(ema, done, args)
-            unet.train()
+        end_of_step(done, args, unet, ema, optimizer, lambda step: export(ema, step, args))
 
 
 def export(ema: Ema, step: int, args: argparse.Namespace) -> None:

@@ -20,7 +20,18 @@ import torch
 from transformers import BertTokenizer, GitConfig, GitForCausalLM, GitProcessor, GitVisionConfig
 
 from training import world
-from training.common import Ema, StepLog, arguments, optimize, progress, record, save_checkpoint, set_lr, setup_logging
+from training.common import (
+    Ema,
+    StepLog,
+    arguments,
+    end_of_step,
+    optimize,
+    progress,
+    record,
+    set_lr,
+    setup_logging,
+    start_training,
+)
 from training.toy_models import WEIGHTS_DIR
 from training.vision_common import (
     IMAGE_SIZE,
@@ -28,10 +39,10 @@ from training.vision_common import (
     evaluation_images,
     export_fp16,
     image_processor,
+    pretrained_weights,
     product_preset,
     scene_pool,
     sincos_positions,
-    start_training,
     training_images,
 )
 from workers.captioning import caption_images
@@ -131,7 +142,12 @@ def main() -> None:
     processor = build_processor(args.run_dir / "tokenizer")
     model = build_model(processor.tokenizer)
     ema, optimizer, start = start_training(
-        model, args.run_dir, CAPTION_DIR, _load_fp32, lr=args.lr, ema_decay=EMA_DECAY
+        model,
+        args.run_dir,
+        CAPTION_DIR,
+        lambda: pretrained_weights(CAPTION_DIR, _load_fp32),
+        lr=args.lr,
+        ema_decay=EMA_DECAY,
     )
     pool = scene_pool(args.seed)
     params = sum(p.numel() for p in model.parameters())
@@ -161,13 +177,7 @@ def main() -> None:
 
         done = step + 1
         log(done, loss.item())
-        if done % args.checkpoint_every == 0 or done == args.steps:
-            save_checkpoint(
-                args.run_dir, done, model=model.state_dict(), ema=ema.shadow, optimizer=optimizer.state_dict()
-            )
-        if not args.no_export and (done % args.export_every == 0 or done == args.steps):
-            export(ema, done, args)
-            model.train()
+        end_of_step(done, args, model, ema, optimizer, lambda step: export(ema, step, args))
 
 
 def _load_fp32(folder: Path) -> GitForCausalLM:

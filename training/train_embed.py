@@ -27,7 +27,18 @@ from tokenizers import pre_tokenizers
 from transformers import CLIPConfig, CLIPModel, CLIPProcessor, CLIPTextConfig, CLIPTokenizer, CLIPVisionConfig
 
 from training import world
-from training.common import Ema, StepLog, arguments, optimize, progress, record, save_checkpoint, set_lr, setup_logging
+from training.common import (
+    Ema,
+    StepLog,
+    arguments,
+    end_of_step,
+    optimize,
+    progress,
+    record,
+    set_lr,
+    setup_logging,
+    start_training,
+)
 from training.toy_models import WEIGHTS_DIR
 from training.vision_common import (
     IMAGE_SIZE,
@@ -35,9 +46,9 @@ from training.vision_common import (
     evaluation_images,
     export_fp16,
     image_processor,
+    pretrained_weights,
     product_preset,
     scene_pool,
-    start_training,
     training_images,
 )
 from workers.embedding import embed_images, embed_texts
@@ -183,7 +194,14 @@ def main() -> None:
 
     processor = build_processor()
     model = build_model(processor.tokenizer)
-    ema, optimizer, start = start_training(model, args.run_dir, EMBED_DIR, _load_fp32, lr=args.lr, ema_decay=EMA_DECAY)
+    ema, optimizer, start = start_training(
+        model,
+        args.run_dir,
+        EMBED_DIR,
+        lambda: pretrained_weights(EMBED_DIR, _load_fp32),
+        lr=args.lr,
+        ema_decay=EMA_DECAY,
+    )
     pool = scene_pool(args.seed)
     params = sum(p.numel() for p in model.parameters())
     logger.info(
@@ -215,13 +233,7 @@ def main() -> None:
 
         done = step + 1
         log(done, loss.item(), f", scale {model.logit_scale.exp().item():.1f}")
-        if done % args.checkpoint_every == 0 or done == args.steps:
-            save_checkpoint(
-                args.run_dir, done, model=model.state_dict(), ema=ema.shadow, optimizer=optimizer.state_dict()
-            )
-        if not args.no_export and (done % args.export_every == 0 or done == args.steps):
-            export(ema, done, args)
-            model.train()
+        end_of_step(done, args, model, ema, optimizer, lambda step: export(ema, step, args))
 
 
 def _load_fp32(folder: Path) -> CLIPModel:

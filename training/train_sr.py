@@ -28,13 +28,14 @@ from training.common import (
     TextCache,
     arguments,
     diffusion_loss,
+    end_of_step,
     optimize,
     progress,
     record,
-    save_checkpoint,
     set_lr,
     setup_logging,
     start_training,
+    unet_weights,
 )
 from training.toy_models import (
     BASE_RESOLUTION,
@@ -93,8 +94,9 @@ def main() -> None:
     torch.manual_seed(args.seed)
 
     unet = sr_unet()
-    weights = STAGE_DIR / "unet" / "diffusion_pytorch_model.safetensors"
-    ema, optimizer, start = start_training(unet, args.run_dir, weights, lr=args.lr, ema_decay=EMA_DECAY)
+    ema, optimizer, start = start_training(
+        unet, args.run_dir, STAGE_DIR, lambda: unet_weights(STAGE_DIR), lr=args.lr, ema_decay=EMA_DECAY
+    )
     scheduler = training_scheduler()
     noising = noising_scheduler()
     texts = TextCache()
@@ -115,13 +117,7 @@ def main() -> None:
 
         done = step + 1
         log(done, loss.item())
-        if done % args.checkpoint_every == 0 or done == args.steps:
-            save_checkpoint(
-                args.run_dir, done, model=unet.state_dict(), ema=ema.shadow, optimizer=optimizer.state_dict()
-            )
-        if not args.no_export and (done % args.export_every == 0 or done == args.steps):
-            export(unet, ema.shadow, done, args)
-            unet.train()
+        end_of_step(done, args, unet, ema, optimizer, lambda step: export(unet, ema.shadow, step, args))
 
 
 def export(unet: UNet2DConditionModel, shadow: dict[str, torch.Tensor], step: int, args: argparse.Namespace) -> None:

@@ -23,7 +23,7 @@ import torch.nn.functional as F
 from transformers import CLIPImageProcessorPil, PreTrainedModel
 
 from training import world
-from training.common import RUNS_DIR, Ema, load_checkpoint, previous_steps
+from training.common import RUNS_DIR
 from training.toy_models import SR_RESOLUTION, WEIGHTS_DIR
 from workers.presets import TINY, EmbedderSpec, ModelSpec, Preset
 
@@ -162,37 +162,12 @@ def training_images(
     return normalize(images, processor)
 
 
-def start_training(
-    model: PreTrainedModel,
-    run_dir: Path,
-    folder: Path,
-    load: Callable[[Path], PreTrainedModel],
-    *,
-    lr: float,
-    ema_decay: float,
-) -> tuple[Ema, torch.optim.Optimizer, int]:
-    """The EMA, optimizer and first step of a run: from its checkpoint, else from the committed
-    save_pretrained `folder` (read with `load`), else from scratch.
+def pretrained_weights(folder: Path, load: Callable[[Path], PreTrainedModel]) -> dict[str, torch.Tensor] | None:
+    """The weights of an exported save_pretrained `folder`, or None if there is none.
 
-    training.common's version reads a bare safetensors file; these folders leave tied weights out of
-    theirs, so they are read back the way the product reads them.
+    Read with `load`, the way the product reads them: these folders leave tied weights out of the file.
     """
-    optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.01)
-    checkpoint = load_checkpoint(run_dir)
-    if checkpoint is not None:
-        model.load_state_dict(checkpoint["model"])
-        ema = Ema(model, ema_decay)
-        ema.shadow = checkpoint["ema"]
-        optimizer.load_state_dict(checkpoint["optimizer"])
-        logger.info("resumed %s at step %d", run_dir, checkpoint["step"])
-        return ema, optimizer, int(checkpoint["step"])
-    if (folder / "config.json").is_file():
-        committed = load(folder)
-        model.load_state_dict(committed.state_dict())
-        start = previous_steps(folder)
-        logger.info("continuing from the committed weights in %s, trained %d steps", folder, start)
-        return Ema(model, ema_decay), optimizer, start
-    return Ema(model, ema_decay), optimizer, 0
+    return load(folder).state_dict() if (folder / "config.json").is_file() else None
 
 
 def export_fp16(model: PreTrainedModel, processor: object, folder: Path) -> None:
