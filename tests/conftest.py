@@ -60,9 +60,9 @@ class Client:
         self.system = system
         self.http = httpx.Client(base_url=system.api_url, headers={"Authorization": f"Bearer {key}"}, timeout=30)
 
-    def submit(self, prompt: str = "a corgi wearing a crown", **input: Any) -> dict[str, Any]:
+    def submit(self, prompt: str = "a corgi wearing a crown", *, timeout_s: float = 30, **input: Any) -> dict[str, Any]:
         body = {"kind": "generate", "input": {"prompt": prompt, **input}}
-        response = self.http.post("/v1/jobs", json=body)
+        response = self.http.post("/v1/jobs", json=body, timeout=timeout_s)
         assert response.status_code == 202, response.text
         return response.json()  # type: ignore[no-any-return]
 

@@ -42,6 +42,11 @@ def create_app() -> Celery:
         # Celery reads "redis+socket://" as the redis backend on a unix socket, as the broker does.
         result_backend=settings.redis_url,
         result_expires=300,
+        # A search waits on its query's result; with Redis down it should fail in a second (a 503), not
+        # after Celery's default of 20 reconnects a second apart.
+        result_backend_transport_options={
+            "retry_policy": {"max_retries": 2, "interval_start": 0, "interval_step": 0.2, "interval_max": 0.5}
+        },
         # A stage is acknowledged only when it finished, and handed back if its worker dies.
         task_acks_late=True,
         task_reject_on_worker_lost=True,

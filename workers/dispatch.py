@@ -56,18 +56,35 @@ def stage_task(preset: Preset, stage: str) -> tuple[str, str]:
 
 
 def cascade_chain(job_id: uuid.UUID, stages: Sequence[str], *, preset: str, seq: int, priority: int) -> Signature:
-    """The chain of immutable signatures that runs ``stages`` of a job of ``preset``, then finalizes it."""
+    """The chain of immutable signatures that runs ``stages`` of a job of ``preset``, then finalizes it.
+
+    Sent by name, the signatures would not know the tasks' ``ignore_result`` and Celery would subscribe
+    to each result as it publishes: with Redis down, a submission would then wait out the result
+    backend's reconnects and fail, where it should record the job and answer at once.
+    """
     redis_priority = 9 - priority  # the API's 9 runs first; Redis serves 0 first
     preset_spec = get_preset(preset)
     signatures = []
     for name in stages:
         task, queue = stage_task(preset_spec, name)
         signatures.append(
-            app.signature(task, args=(str(job_id), name, seq), immutable=True, queue=queue, priority=redis_priority)
+            app.signature(
+                task,
+                args=(str(job_id), name, seq),
+                immutable=True,
+                queue=queue,
+                priority=redis_priority,
+                ignore_result=True,
+            )
         )
     signatures.append(
         app.signature(
-            FINALIZE_TASK, args=(str(job_id), "finalize", seq), immutable=True, queue="control", priority=redis_priority
+            FINALIZE_TASK,
+            args=(str(job_id), "finalize", seq),
+            immutable=True,
+            queue="control",
+            priority=redis_priority,
+            ignore_result=True,
         )
     )
     return chain(*signatures)

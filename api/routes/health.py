@@ -1,15 +1,23 @@
 """Liveness and readiness probes."""
 
-from typing import Any
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor, wait
 
 from fastapi import APIRouter
 from fastapi.responses import JSONResponse
 from sqlalchemy import text
 
-from api.deps import SessionDep, StoreDep
 from core.redis_client import get_redis
+from db.session import session_scope
+from storage.factory import process_store
 
 router = APIRouter(tags=["operations"])
+
+# Each dependency gets this long to answer: a probe that hangs on one of them would be killed by its
+# orchestrator's timeout and tell nobody which one it was.
+CHECK_TIMEOUT_S = 3.0
+# Checks run side by side; a check that hangs keeps its thread until its own timeouts end it.
+_checks_pool = ThreadPoolExecutor(max_workers=6, thread_name_prefix="readyz")
 
 
 @router.get("/healthz")
@@ -18,25 +26,35 @@ def read_health() -> dict[str, str]:
     return {"status": "ok"}
 
 
-@router.get("/readyz")
-def read_readiness(session: SessionDep, store: StoreDep) -> JSONResponse:
-    """The database, the broker and the object store are reachable."""
-    checks: dict[str, Any] = {}
-    try:
+def _database() -> None:
+    with session_scope() as session:
         session.execute(text("SELECT 1"))
-        checks["database"] = "ok"
-    except Exception as exc:  # any failure means "not ready"; the reason goes to the operator
-        checks["database"] = f"error: {type(exc).__name__}: {exc}"
-    try:
-        get_redis().ping()
-        checks["broker"] = "ok"
-    except Exception as exc:
-        checks["broker"] = f"error: {type(exc).__name__}: {exc}"
-    try:
-        store.ping()
-        checks["storage"] = "ok"
-    except Exception as exc:
-        checks["storage"] = f"error: {type(exc).__name__}: {exc}"
+
+
+def _broker() -> None:
+    get_redis().ping()
+
+
+def _storage() -> None:
+    process_store().ping()
+
+
+_CHECKS: dict[str, Callable[[], None]] = {"database": _database, "broker": _broker, "storage": _storage}
+
+
+@router.get("/readyz")
+def read_readiness() -> JSONResponse:
+    """The database, the broker and the object store each answer within ``CHECK_TIMEOUT_S``."""
+    futures = {name: _checks_pool.submit(check) for name, check in _CHECKS.items()}
+    wait(futures.values(), timeout=CHECK_TIMEOUT_S)
+    checks: dict[str, str] = {}
+    for name, future in futures.items():
+        if not future.done():
+            checks[name] = f"error: no answer within {CHECK_TIMEOUT_S:g} s"
+        elif (exc := future.exception()) is not None:  # the reason goes to the operator
+            checks[name] = f"error: {type(exc).__name__}: {exc}"
+        else:
+            checks[name] = "ok"
     ready = all(v == "ok" for v in checks.values())
     return JSONResponse(
         {"status": "ready" if ready else "unavailable", "checks": checks}, status_code=200 if ready else 503

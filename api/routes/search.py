@@ -1,5 +1,7 @@
 """/v1/search: find a tenant's indexed images by text or by example."""
 
+import contextlib
+
 from celery.exceptions import TimeoutError as CeleryTimeout
 from fastapi import APIRouter
 from kombu.exceptions import KombuError
@@ -29,14 +31,17 @@ def embed_query(preset: str, *, text: str | None = None, image_key: str | None =
         )
     except (KombuError, RedisError, OSError) as exc:
         raise ServiceUnavailable(f"the broker is unreachable: {exc}") from None
+    except RuntimeError as exc:  # Celery's result consumer gave up reconnecting; it retries on the next call
+        raise ServiceUnavailable(f"the result backend is unreachable: {exc}") from None
     try:
         answer = result.get(timeout=QUERY_TIMEOUT_S)
     except CeleryTimeout:
         raise ServiceUnavailable(f"no embed worker answered within {QUERY_TIMEOUT_S:.0f} s") from None
-    except (KombuError, RedisError, OSError) as exc:
+    except (KombuError, RedisError, OSError, RuntimeError) as exc:
         raise ServiceUnavailable(f"the result backend is unreachable: {exc}") from None
     finally:
-        result.forget()
+        with contextlib.suppress(KombuError, RedisError, OSError, RuntimeError):
+            result.forget()  # it expires anyway (result_expires)
     return str(answer["model"]), [float(x) for x in answer["vector"]]
 
 
