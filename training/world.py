@@ -177,10 +177,61 @@ HELDOUT_TEMPLATES: tuple[str, ...] = (
 )
 
 
-def caption(scene: Scene, rng: random.Random) -> str:
-    """One training caption of `scene`, full or (sometimes) partial, in a random phrasing."""
-    templates = PARTIAL_TEMPLATES if rng.random() < 0.15 else TEMPLATES
-    return _fill(rng.choice(templates), scene, rng)
+# More training wording, for the text-conditioned diffusion stages: with six colour words, three shape
+# words and one word per position, the model can read the frozen encoder's states by the words
+# themselves; many names per attribute push it to read what they share instead. No word of a held-out
+# phrase or sentence form appears here (tests/toy/test_world.py keeps it so).
+COLOUR_SYNONYMS: dict[str, tuple[str, ...]] = {
+    "red": ("cherry", "ruby", "brick", "tomato", "cardinal", "vermilion"),
+    "green": ("jade", "mint", "forest", "grass", "moss", "leaf"),
+    "blue": ("cobalt", "sapphire", "cerulean", "sky", "ocean", "denim"),
+    "yellow": ("canary", "mustard", "butter", "sunflower", "saffron", "banana"),
+    "purple": ("plum", "lilac", "mauve", "grape", "amethyst", "orchid"),
+    "orange": ("apricot", "pumpkin", "carrot", "peach", "copper", "rust"),
+}
+SHAPE_SYNONYMS: dict[str, tuple[str, ...]] = {
+    "circle": ("ball", "orb", "sphere", "coin", "bubble"),
+    "square": ("cube", "tile", "crate", "quadrate", "checkerboard square"),
+    "triangle": ("cone", "arrowhead", "spike", "delta", "tent"),
+}
+POSITION_SYNONYMS: dict[str, tuple[str, ...]] = {
+    "left": ("to the left", "at the far left", "on the left half", "in the left part"),
+    "right": ("to the right", "at the far right", "on the right half", "in the right part"),
+    "top": ("in the top part", "on the top half", "along the top", "above the middle"),
+    "bottom": ("in the bottom part", "on the bottom half", "along the bottom", "below the middle"),
+    "center": ("centered", "in the middle of the image", "at the midpoint", "in the central area"),
+}
+SYNONYM_TEMPLATES: tuple[str, ...] = (
+    "here is a {c} {s} {p}",
+    "a photo of a {c} {s} {p}",
+    "{p} sits a {c} {s}",
+    "the image contains a {c} {s} {p}",
+    "a {s} in {c} {p}",
+    "look at the {c} {s} {p}",
+    "this is a {c} {s} {p} {b}",
+)
+
+
+def caption(scene: Scene, rng: random.Random, *, synonyms: bool = False, full: bool = False) -> str:
+    """One training caption of `scene`, full or (sometimes, unless `full`) partial, in a random phrasing.
+
+    With `synonyms`, each of colour, shape and position is named by one of its training synonyms half
+    of the time, and the sentence forms include `SYNONYM_TEMPLATES`.
+    """
+    partial = not full and rng.random() < 0.15
+    if not synonyms:
+        return _fill(rng.choice(PARTIAL_TEMPLATES if partial else TEMPLATES), scene, rng)
+    template = rng.choice(PARTIAL_TEMPLATES if partial else TEMPLATES + SYNONYM_TEMPLATES)
+    colour = rng.choice(COLOUR_SYNONYMS[scene.colour]) if rng.random() < 0.5 else scene.colour
+    shape = rng.choice(SHAPE_SYNONYMS[scene.shape]) if rng.random() < 0.5 else scene.shape
+    positions = POSITION_SYNONYMS if rng.random() < 0.5 else _POSITION_PHRASES
+    text = template.format(
+        c=colour,
+        s=shape,
+        p=rng.choice(positions[scene.position]),
+        b=rng.choice(_BACKGROUND_PHRASES[scene.background]),
+    )
+    return _a_or_an(text)
 
 
 def full_caption(scene: Scene, rng: random.Random) -> str:
@@ -224,12 +275,16 @@ def heldout_prompt(scene: Scene, rng: random.Random) -> str:
     return _a_or_an(text)
 
 
-def training_vocabulary() -> set[str]:
-    """Every word a training caption can contain."""
+def training_vocabulary(*, synonyms: bool = False) -> set[str]:
+    """Every word a training caption can contain (with `synonyms`: a caption with synonyms)."""
     words: set[str] = set()
     fragments = [*TEMPLATES, *PARTIAL_TEMPLATES, *COLOURS, *SHAPES, "an"]
     fragments += [phrase for phrases in _POSITION_PHRASES.values() for phrase in phrases]
     fragments += [phrase for phrases in _BACKGROUND_PHRASES.values() for phrase in phrases]
+    if synonyms:
+        fragments += [*SYNONYM_TEMPLATES]
+        for table in (COLOUR_SYNONYMS, SHAPE_SYNONYMS, POSITION_SYNONYMS):
+            fragments += [phrase for phrases in table.values() for phrase in phrases]
     for fragment in fragments:
         for word in fragment.replace(",", " ").split():
             if not word.startswith("{"):

@@ -47,20 +47,33 @@ def test_a_scene_renders_the_same_at_every_call_and_agrees_across_resolutions() 
     assert float((pooled - small).abs().max()) < 1e-5
 
 
-def test_training_captions_never_use_held_out_wording() -> None:
+def _held_out_words() -> set[str]:
+    """Every word of a held-out phrase or sentence form that plain training wording does not use."""
+    phrases = [phrase for table in _HELD_OUT_TABLES for synonyms in table.values() for phrase in synonyms]
+    phrases += [template.replace(",", " ") for template in world.HELDOUT_TEMPLATES]
+    words = {word for phrase in phrases for word in phrase.split() if not word.startswith("{")}
+    return words - world.training_vocabulary()
+
+
+_HELD_OUT_TABLES = (world.HELDOUT_COLOURS, world.HELDOUT_SHAPES, world.HELDOUT_POSITIONS)
+
+
+@pytest.mark.parametrize("synonyms", [False, True])
+def test_training_captions_never_use_held_out_wording(synonyms: bool) -> None:
     rng = random.Random(0)
-    held_out = {
-        word
-        for synonyms in (*world.HELDOUT_COLOURS.values(), *world.HELDOUT_SHAPES.values())
-        for phrase in synonyms
-        for word in phrase.split()
-        if word not in world.training_vocabulary()
-    }
-    assert {"crimson", "navy", "box", "disc"} <= held_out
+    held_out = _held_out_words()
+    assert {"crimson", "navy", "box", "disc", "lemon", "edge", "upper", "located", "draw"} <= held_out
+    vocabulary = world.training_vocabulary(synonyms=synonyms)
+    assert not vocabulary & held_out, "a training synonym uses a held-out word"
+    named_synonym = False
     for _ in range(3000):
-        caption = world.caption(world.random_scene(rng), rng)
-        assert set(caption.replace(",", " ").split()) <= world.training_vocabulary(), caption
-        assert not set(caption.split()) & held_out
+        scene = world.random_scene(rng)
+        caption = world.caption(scene, rng, synonyms=synonyms)
+        words = set(caption.replace(",", " ").split())
+        assert words <= vocabulary, caption
+        assert not words & held_out, caption
+        named_synonym |= bool(words & set(world.COLOUR_SYNONYMS[scene.colour]))
+    assert named_synonym == synonyms
 
 
 def test_held_out_prompts_differ_from_training_wording_and_full_captions_name_everything() -> None:
