@@ -225,13 +225,7 @@ def caption(scene: Scene, rng: random.Random, *, synonyms: bool = False, full: b
     colour = rng.choice(COLOUR_SYNONYMS[scene.colour]) if rng.random() < 0.5 else scene.colour
     shape = rng.choice(SHAPE_SYNONYMS[scene.shape]) if rng.random() < 0.5 else scene.shape
     positions = POSITION_SYNONYMS if rng.random() < 0.5 else _POSITION_PHRASES
-    text = template.format(
-        c=colour,
-        s=shape,
-        p=rng.choice(positions[scene.position]),
-        b=rng.choice(_BACKGROUND_PHRASES[scene.background]),
-    )
-    return _a_or_an(text)
+    return _fill(template, scene, rng, colour=colour, shape=shape, positions=positions)
 
 
 def full_caption(scene: Scene, rng: random.Random) -> str:
@@ -311,11 +305,21 @@ def parse_caption(text: str) -> dict[str, str]:
     return found
 
 
-def _fill(template: str, scene: Scene, rng: random.Random) -> str:
+def _fill(
+    template: str,
+    scene: Scene,
+    rng: random.Random,
+    *,
+    colour: str | None = None,
+    shape: str | None = None,
+    positions: dict[str, tuple[str, ...]] = _POSITION_PHRASES,
+) -> str:
+    """`template` for `scene`: its colour and shape words unless others are given, a position phrase from
+    `positions` and a background phrase drawn from `rng`."""
     text = template.format(
-        c=scene.colour,
-        s=scene.shape,
-        p=rng.choice(_POSITION_PHRASES[scene.position]),
+        c=colour or scene.colour,
+        s=shape or scene.shape,
+        p=rng.choice(positions[scene.position]),
         b=rng.choice(_BACKGROUND_PHRASES[scene.background]),
     )
     return _a_or_an(text)

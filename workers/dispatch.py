@@ -64,29 +64,18 @@ def cascade_chain(job_id: uuid.UUID, stages: Sequence[str], *, preset: str, seq:
     """
     redis_priority = 9 - priority  # the API's 9 runs first; Redis serves 0 first
     preset_spec = get_preset(preset)
-    signatures = []
-    for name in stages:
-        task, queue = stage_task(preset_spec, name)
-        signatures.append(
-            app.signature(
-                task,
-                args=(str(job_id), name, seq),
-                immutable=True,
-                queue=queue,
-                priority=redis_priority,
-                ignore_result=True,
-            )
-        )
-    signatures.append(
+    steps = [(*stage_task(preset_spec, name), name) for name in stages] + [(FINALIZE_TASK, "control", "finalize")]
+    signatures = [
         app.signature(
-            FINALIZE_TASK,
-            args=(str(job_id), "finalize", seq),
+            task,
+            args=(str(job_id), name, seq),
             immutable=True,
-            queue="control",
+            queue=queue,
             priority=redis_priority,
             ignore_result=True,
         )
-    )
+        for task, queue, name in steps
+    ]
     return chain(*signatures)
 
 

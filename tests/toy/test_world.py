@@ -47,15 +47,15 @@ def test_a_scene_renders_the_same_at_every_call_and_agrees_across_resolutions() 
     assert float((pooled - small).abs().max()) < 1e-5
 
 
+_HELD_OUT_TABLES = (world.HELDOUT_COLOURS, world.HELDOUT_SHAPES, world.HELDOUT_POSITIONS)
+
+
 def _held_out_words() -> set[str]:
     """Every word of a held-out phrase or sentence form that plain training wording does not use."""
     phrases = [phrase for table in _HELD_OUT_TABLES for synonyms in table.values() for phrase in synonyms]
     phrases += [template.replace(",", " ") for template in world.HELDOUT_TEMPLATES]
     words = {word for phrase in phrases for word in phrase.split() if not word.startswith("{")}
     return words - world.training_vocabulary()
-
-
-_HELD_OUT_TABLES = (world.HELDOUT_COLOURS, world.HELDOUT_SHAPES, world.HELDOUT_POSITIONS)
 
 
 @pytest.mark.parametrize("synonyms", [False, True])
