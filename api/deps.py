@@ -1,5 +1,6 @@
 """Dependencies as Annotated aliases, so handler signatures read like sentences."""
 
+import uuid
 from collections.abc import Iterator
 from typing import Annotated
 
@@ -8,9 +9,10 @@ from sqlalchemy.orm import Session
 
 from api import quotas
 from core.config import Settings, get_settings
-from core.errors import Forbidden, Unauthorized
+from core.errors import Forbidden, NotFound, Unauthorized
+from db import jobs as job_queries
 from db import tenants
-from db.models import ApiKey
+from db.models import ApiKey, Job
 from db.session import new_session
 from storage.factory import process_store
 from storage.object_store import ObjectStore
@@ -55,8 +57,35 @@ def _admin_key(key: Annotated[ApiKey, Depends(_api_key)]) -> ApiKey:
     return key
 
 
+def _find_job(session: Session, job_id: str, key: ApiKey, *, for_update: bool) -> Job:
+    try:
+        parsed = uuid.UUID(job_id)
+    except ValueError:
+        raise NotFound(f"no job {job_id!r}", field="job_id") from None
+    job = job_queries.get_job(session, job_id=parsed, tenant_id=key.tenant_id, for_update=for_update)
+    if job is None:
+        raise NotFound(f"no job {job_id!r}", field="job_id")
+    return job
+
+
+def _job(
+    job_id: str, key: Annotated[ApiKey, Depends(_rate_limited_key)], session: Annotated[Session, Depends(_session)]
+) -> Job:
+    """The caller's job named in the path; another tenant's job is a 404, as an unknown one is."""
+    return _find_job(session, job_id, key, for_update=False)
+
+
+def _locked_job(
+    job_id: str, key: Annotated[ApiKey, Depends(_rate_limited_key)], session: Annotated[Session, Depends(_session)]
+) -> Job:
+    """The caller's job named in the path, locked for update until the request's transaction ends."""
+    return _find_job(session, job_id, key, for_update=True)
+
+
 SessionDep = Annotated[Session, Depends(_session)]
 StoreDep = Annotated[ObjectStore, Depends(_store)]
 SettingsDep = Annotated[Settings, Depends(get_settings)]
 CurrentKey = Annotated[ApiKey, Depends(_rate_limited_key)]
 AdminKey = Annotated[ApiKey, Depends(_admin_key)]
+CurrentJob = Annotated[Job, Depends(_job)]
+LockedJob = Annotated[Job, Depends(_locked_job)]

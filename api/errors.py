@@ -18,6 +18,7 @@ from core.errors import (
     TooManyRequests,
     Unauthorized,
 )
+from core.job_input import JOB_KINDS
 
 _STATUS = {
     NotFound: 404,
@@ -35,7 +36,6 @@ def error_body(code: str, message: str, field: str | None = None) -> dict[str, A
 
 
 _LOCATIONS = ("body", "query", "path", "header")
-_JOB_KINDS = ("generate", "caption", "index")
 
 
 def _field_of(error: Mapping[str, Any]) -> str | None:
@@ -47,7 +47,7 @@ def _field_of(error: Mapping[str, Any]) -> str | None:
     loc = [str(p) for p in error.get("loc", ()) if p not in _LOCATIONS]
     if error.get("type") in ("union_tag_invalid", "union_tag_not_found"):
         return ".".join([*loc, "kind"])
-    if loc and loc[0] in _JOB_KINDS:  # the body's top level has no field named like a kind
+    if loc and loc[0] in JOB_KINDS:  # the body's top level has no field named like a kind
         loc = loc[1:]
     parts = [p for p in loc if not (p[:1].isupper() or "[" in p)]
     return ".".join(parts) or None

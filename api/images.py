@@ -13,9 +13,13 @@ from uuid import UUID
 from PIL import BmpImagePlugin, GifImagePlugin, Image, ImageFile, JpegImagePlugin, PngImagePlugin, WebPImagePlugin
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 from pydantic_core import PydanticCustomError
+from sqlalchemy.orm import Session
 
 from core.address_guard import MAX_URL_CHARS, BlockedAddress, FetchError, fetch
+from core.config import Settings
 from core.errors import InvalidInput, NotFound
+from core.job_input import ImageSource, InputImage
+from db.jobs import image_artifact_key
 from storage.errors import ObjectNotFound
 from storage.keys import upload_key
 from storage.object_store import ObjectStore
@@ -181,6 +185,25 @@ def resolve_image(
     if image.artifact is not None:
         return _resolve_artifact(image.artifact, store=store, find_artifact=find_artifact, field=f"{field}.artifact")
     raise InvalidInput("give exactly one of base64, artifact or url", field=field)
+
+
+def resolve_image_input(
+    session: Session, image: ImageInput, *, tenant_id: UUID, store: ObjectStore, settings: Settings, field: str
+) -> InputImage:
+    """Store (or find among the tenant's jobs' artifacts) the image a request names: what the job records of it."""
+    stored = resolve_image(
+        image,
+        store=store,
+        allow_private=settings.image_url_allow_private,
+        find_artifact=lambda job_id, stage, index: image_artifact_key(
+            session, tenant_id=tenant_id, job_id=job_id, stage=stage, index=index
+        ),
+        field=field,
+    )
+    source: ImageSource = "base64" if image.base64 is not None else "url" if image.url is not None else "artifact"
+    return InputImage(
+        key=stored.key, sha256=stored.sha256, width=stored.width, height=stored.height, mime=stored.mime, source=source
+    )
 
 
 def _resolve_base64(text: str, *, store: ObjectStore, field: str) -> StoredImage:

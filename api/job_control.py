@@ -6,22 +6,24 @@ from contextlib import suppress
 from redis.exceptions import RedisError
 from sqlalchemy.orm import Session
 
-from api.submission import enqueue_committed
 from core.errors import Conflict, NotFound
+from core.live_events import append_live, stream_key
 from core.redis_client import cancel_key, get_redis
 from db import jobs as job_queries
 from db import webhooks as webhook_queries
+from db.events import JobEvents
 from db.models import Job, JobStatus, WebhookEvent
-from workers.events import JobEvents, append_live, stream_key
+from storage.object_store import ObjectStore
+from workers.dispatch import dispatch_job, enqueue_delivery
 
 
-def cancel_job_now(session: Session, job: Job) -> None:
+def cancel_job_now(session: Session, job: Job, store: ObjectStore) -> None:
     """Cancel a job locked for update: at once if queued, else when its running stage notices; commits."""
-    events = JobEvents(session)
+    events = JobEvents(session, store)
     if job_queries.request_cancel(job):
         events.finished(job)
     session.commit()
-    events.publish()
+    events.publish(enqueue_delivery)
     if job.cancel_requested:
         # The stage's progress callback reads the flag from the row as well; Redis only makes it cheap.
         with suppress(RedisError):
@@ -42,13 +44,11 @@ def retry_job_now(session: Session, job: Job) -> None:
         # The old stream ends with "done": a new run starts a new stream.
         get_redis().delete(cancel_key(job.id), stream_key(job.id))
     append_live(job.id, "status", {"status": str(job.status)})
-    enqueue_committed(session, job)
+    dispatch_job(session, job)
 
 
 def redeliver_event(session: Session, job: Job, delivery_id: str) -> WebhookEvent:
     """Put one of the job's webhook events back on a fresh retry schedule and queue it; commits."""
-    from workers.webhooks import enqueue_delivery
-
     try:
         event_id = uuid.UUID(delivery_id)
     except ValueError:

@@ -9,12 +9,21 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from api.images import ImageInput
-from db.models import Job, JobStage, JobStatus, StageStatus
-from storage.object_store import ObjectStore
-from workers.presets import PRESETS, Preset, StageKind
-
-MAX_PROMPT_CHARS = 2000
-MAX_METADATA_BYTES = 16_384
+from core.job_input import DEFAULT_COLLECTION, DEFAULT_MAX_NEW_TOKENS, DEFAULT_NUM_BEAMS
+from core.job_view import JobPublic
+from core.limits import (
+    MAX_BEAMS,
+    MAX_GUIDANCE,
+    MAX_IMAGES_PER_JOB,
+    MAX_METADATA_BYTES,
+    MAX_NEW_TOKENS,
+    MAX_NOISE_LEVEL,
+    MAX_PROMPT_CHARS,
+    MAX_SEARCH_RESULTS,
+    MAX_SEED,
+    MAX_STEPS,
+)
+from core.presets import PRESETS, Preset, StageKind
 
 
 def _not_blank(value: str | None) -> str | None:
@@ -30,14 +39,17 @@ class _Strict(BaseModel):
 class StageParameters(_Strict):
     """Sampling parameters of one cascade stage; omitted ones take the preset's defaults."""
 
-    steps: int | None = Field(default=None, ge=1, le=1000, description="denoising steps, 1..1000")
+    steps: int | None = Field(default=None, ge=1, le=MAX_STEPS, description=f"denoising steps, 1..{MAX_STEPS}")
     guidance_scale: float | None = Field(
-        default=None, ge=0.0, le=50.0, description="classifier-free guidance scale, 0..50 (1 = no guidance)"
+        default=None,
+        ge=0.0,
+        le=MAX_GUIDANCE,
+        description=f"classifier-free guidance scale, 0..{MAX_GUIDANCE:g} (1 = no guidance)",
     )
     noise_level: int | None = Field(
         default=None,
         ge=0,
-        le=1000,
+        le=MAX_NOISE_LEVEL,
         description="super-resolution stages only: noise-conditioning augmentation of the low-resolution input"
         " (the preset caps it)",
     )
@@ -65,8 +77,8 @@ class GenerateInput(_Strict):
 
     prompt: str = Field(min_length=1, max_length=MAX_PROMPT_CHARS)
     negative_prompt: str | None = Field(default=None, max_length=MAX_PROMPT_CHARS)
-    num_images: int = Field(default=1, ge=1, le=8)
-    seed: int | None = Field(default=None, ge=0, le=2**32 - 1, description="fixes the output; random if omitted")
+    num_images: int = Field(default=1, ge=1, le=MAX_IMAGES_PER_JOB)
+    seed: int | None = Field(default=None, ge=0, le=MAX_SEED, description="fixes the output; random if omitted")
     resolution: int | None = Field(default=None, description=RESOLUTION_DESCRIPTION)
     stages: dict[str, StageParameters] = Field(
         default_factory=dict,
@@ -86,8 +98,8 @@ class CaptionInput(_Strict):
     """An image to describe in words (GIT)."""
 
     image: ImageInput
-    max_new_tokens: int = Field(default=30, ge=1, le=100)
-    num_beams: int = Field(default=1, ge=1, le=8)
+    max_new_tokens: int = Field(default=DEFAULT_MAX_NEW_TOKENS, ge=1, le=MAX_NEW_TOKENS)
+    num_beams: int = Field(default=DEFAULT_NUM_BEAMS, ge=1, le=MAX_BEAMS)
 
 
 class IndexInput(_Strict):
@@ -95,7 +107,7 @@ class IndexInput(_Strict):
 
     image: ImageInput
     text: str | None = Field(default=None, min_length=1, max_length=MAX_PROMPT_CHARS)
-    collection: str = Field(default="default", pattern=COLLECTION_PATTERN)
+    collection: str = Field(default=DEFAULT_COLLECTION, pattern=COLLECTION_PATTERN)
 
     _text_has_words = field_validator("text")(classmethod(lambda cls, v: _not_blank(v)))
 
@@ -139,8 +151,6 @@ class IndexJobCreate(_JobCreateBase):
     input: IndexInput
 
 
-JOB_KINDS = ("generate", "caption", "index")
-
 # The body of ``POST /v1/jobs``: the kind selects the input's schema.
 JobCreate = Annotated[GenerateJobCreate | CaptionJobCreate | IndexJobCreate, Field(discriminator="kind")]
 
@@ -152,8 +162,8 @@ class SearchRequest(_Strict):
     image: ImageInput | None = None
 
     _text_has_words = field_validator("text")(classmethod(lambda cls, v: _not_blank(v)))
-    collection: str = Field(default="default", pattern=COLLECTION_PATTERN)
-    k: int = Field(default=10, ge=1, le=100)
+    collection: str = Field(default=DEFAULT_COLLECTION, pattern=COLLECTION_PATTERN)
+    k: int = Field(default=10, ge=1, le=MAX_SEARCH_RESULTS)
 
 
 class SearchResult(BaseModel):
@@ -236,127 +246,6 @@ class ModelCatalog(BaseModel):
 
     active: str
     presets: list[PresetPublic]
-
-
-class OutputFile(BaseModel):
-    index: int
-    url: str | None = None
-    width: int | None = None
-    height: int | None = None
-    seed: int | None = None
-    caption: str | None = None
-    embedding_id: uuid.UUID | None = None
-
-
-class StagePublic(BaseModel):
-    name: str
-    status: StageStatus
-    progress: float
-    attempts: int
-    queued_at: datetime | None
-    started_at: datetime | None
-    finished_at: datetime | None
-    duration_ms: int | None
-    error: str | None
-    outputs: list[OutputFile]
-
-
-class ImagePublic(BaseModel):
-    url: str
-    width: int | None
-    height: int | None
-    seed: int | None
-    caption: str | None = None
-
-
-class JobOutput(BaseModel):
-    """What a finished job produced: images (generate), a caption (caption) or an index entry (index)."""
-
-    images: list[ImagePublic] | None = None
-    caption: str | None = None
-    embedding_id: uuid.UUID | None = None
-
-
-class JobPublic(BaseModel):
-    """A job as clients see it."""
-
-    id: uuid.UUID
-    kind: str
-    status: JobStatus
-    preset: str
-    input: dict[str, Any]
-    priority: int
-    metadata: dict[str, Any]
-    error: str | None
-    created_at: datetime
-    started_at: datetime | None
-    finished_at: datetime | None
-    stages: list[StagePublic]
-    output: JobOutput | None
-
-    @classmethod
-    def from_row(cls, job: Job, store: ObjectStore, ttl_s: int) -> "JobPublic":
-        """The public view of a job row, with fresh presigned URLs for its images."""
-        stages = [_stage_public(stage, store, ttl_s) for stage in job.stages]
-        output = _output(job, stages) if job.status == JobStatus.SUCCEEDED else None
-        return cls(
-            id=job.id,
-            kind=job.kind,
-            status=job.status,
-            preset=job.preset,
-            input=job.input,
-            priority=job.priority,
-            metadata=job.meta,
-            error=job.error,
-            created_at=job.created_at,
-            started_at=job.started_at,
-            finished_at=job.finished_at,
-            stages=stages,
-            output=output,
-        )
-
-
-def _output(job: Job, stages: list[StagePublic]) -> JobOutput:
-    by_name = {stage.name: stage for stage in stages}
-    if job.kind == "caption":
-        return JobOutput(caption=by_name["caption"].outputs[0].caption)
-    if job.kind == "index":
-        return JobOutput(embedding_id=by_name["embed"].outputs[0].embedding_id)
-    captions = {o.index: o.caption for o in by_name["caption"].outputs} if "caption" in by_name else {}
-    final = [stage for stage in stages if stage.outputs and stage.outputs[0].width is not None][-1]
-    return JobOutput(
-        images=[
-            ImagePublic(url=o.url or "", width=o.width, height=o.height, seed=o.seed, caption=captions.get(o.index))
-            for o in final.outputs
-        ]
-    )
-
-
-def _stage_public(stage: JobStage, store: ObjectStore, ttl_s: int) -> StagePublic:
-    outputs = [
-        OutputFile(
-            index=o["index"],
-            url=store.presigned_url(o["key"], ttl_s) if "key" in o else None,
-            width=o.get("width"),
-            height=o.get("height"),
-            seed=o.get("seed"),
-            caption=o.get("caption"),
-            embedding_id=o.get("embedding_id"),
-        )
-        for o in stage.outputs
-    ]
-    return StagePublic(
-        name=stage.name,
-        status=stage.status,
-        progress=stage.progress,
-        attempts=stage.attempts,
-        queued_at=stage.queued_at,
-        started_at=stage.started_at,
-        finished_at=stage.finished_at,
-        duration_ms=stage.duration_ms,
-        error=stage.error,
-        outputs=outputs,
-    )
 
 
 class DeliveryAttempt(BaseModel):

@@ -4,8 +4,8 @@ from dataclasses import dataclass, field
 
 from redis.exceptions import RedisError
 
+from core.model_loads import MODEL_LOADS_KEY, parse_model_load_field
 from core.redis_client import get_redis
-from workers.model_loads import MODEL_LOADS_KEY, parse_model_load_field
 
 
 @dataclass

@@ -24,7 +24,7 @@ from typing import Any
 import httpx
 
 from cli.services import free_port
-from workers.presets import Preset, get_preset
+from core.presets import Preset, get_preset
 
 PROMPT = "a corgi wearing a crown"
 

@@ -80,8 +80,8 @@ def default_model_preset(models_dir: Path) -> str:
     weights, else toy (trained small models that run on a CPU)."""
     import torch
 
-    from workers.preset_files import is_available
-    from workers.presets import get_preset
+    from core.preset_files import is_available
+    from core.presets import get_preset
 
     # Safe in this parent: the workers are started with exec, never forked from it.
     if torch.cuda.is_available() and is_available(get_preset("deepfloyd-if"), models_dir):
@@ -91,8 +91,8 @@ def default_model_preset(models_dir: Path) -> str:
 
 def _prepare_models(base: Settings) -> str:
     """Pick the model preset and build it if it is a local one; its name."""
+    from core.presets import get_preset
     from workers.preset_files import build_preset
-    from workers.presets import get_preset
 
     name = os.environ.get("IMAGEN_MODEL_PRESET") or default_model_preset(base.resolved_models_dir)
     build_preset(get_preset(name), base.resolved_models_dir)
@@ -102,8 +102,8 @@ def _prepare_models(base: Settings) -> str:
 def run_embedded(host: str, port: int) -> int:
     """Start everything, print the address and the admin key, and run until interrupted."""
     from cli.services import RedisServer, postgres_data_dir, start_postgres
-    from workers.preset_files import ModelsNotFoundError
-    from workers.queues import CPU_QUEUES, MODEL_QUEUES
+    from core.preset_files import ModelsNotFoundError
+    from core.routing import CPU_QUEUES, MODEL_QUEUES
 
     base = Settings()
     data_dir = base.data_dir

@@ -13,7 +13,7 @@ if TYPE_CHECKING:
 
     from cli.client import ApiClient
 
-from workers.queues import QUEUES
+from core.routing import QUEUES
 
 _JOB_QUEUES = ",".join(QUEUES)
 
@@ -33,10 +33,10 @@ def _cmd_api(args: argparse.Namespace) -> int:
 
 def _cmd_worker(args: argparse.Namespace) -> int:
     from core.config import get_settings
+    from core.presets import get_preset
+    from core.routing import MODEL_QUEUES
     from workers.celery_app import app
     from workers.preset_files import build_preset
-    from workers.presets import get_preset
-    from workers.queues import MODEL_QUEUES
 
     if set(args.queues.split(",")) & set(MODEL_QUEUES):
         # A local preset (tiny, toy) is built, or rebuilt after its weights changed, before the first
@@ -81,7 +81,7 @@ def _cmd_build_tiny(args: argparse.Namespace) -> int:
 
 def _cmd_build_toy(args: argparse.Namespace) -> int:
     from core.config import get_settings
-    from workers.preset_files import ModelsNotFoundError
+    from core.preset_files import ModelsNotFoundError
     from workers.toy_models import build_toy
 
     try:
@@ -97,8 +97,8 @@ def _cmd_models_list(args: argparse.Namespace) -> int:
     import os
 
     from core.config import get_settings
-    from workers.preset_files import is_available
-    from workers.presets import PRESETS
+    from core.preset_files import is_available
+    from core.presets import PRESETS
 
     settings = get_settings()
     models_dir = args.models_dir or settings.resolved_models_dir

@@ -6,14 +6,15 @@ from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from sqlalchemy import BindParameter, and_, bindparam, delete, func, or_, select, update
+from sqlalchemy import BindParameter, and_, bindparam, func, or_, select, update
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.orm import Session
 
 from core.errors import InvalidInput
-from db.models import Artifact, IdempotencyKey, Job, JobStage, JobStatus, StageStatus
+from db.models import Artifact, Job, JobStage, JobStatus, StageStatus
 
 ACTIVE = (JobStatus.QUEUED, JobStatus.RUNNING)
+_SWEEP_LOCK_ID = 0x1A6E  # pg advisory lock: one sweeper at a time across all beat instances
 
 
 def now() -> datetime:
@@ -170,6 +171,11 @@ def record_progress(session: Session, *, stage_id: uuid.UUID, progress: float) -
     )
 
 
+def beat_heartbeat(session: Session, *, stage_id: uuid.UUID) -> None:
+    """Record that a running stage's worker is alive (the sweeper re-enqueues stages whose beat stops)."""
+    session.execute(update(JobStage).where(JobStage.id == stage_id).values(heartbeat_at=now()))
+
+
 def record_artifact(
     session: Session,
     *,
@@ -201,6 +207,23 @@ def record_artifact(
             seed=seed,
         )
         .on_conflict_do_nothing(index_elements=["job_id", "stage", "index"])
+    )
+
+
+def image_artifact_key(
+    session: Session, *, tenant_id: uuid.UUID, job_id: uuid.UUID, stage: str, index: int
+) -> str | None:
+    """The object key of an image one of the tenant's jobs produced, or None."""
+    return session.scalar(
+        select(Artifact.key)
+        .join(Job, Job.id == Artifact.job_id)
+        .where(
+            Job.tenant_id == tenant_id,
+            Artifact.job_id == job_id,
+            Artifact.stage == stage,
+            Artifact.index == index,
+            Artifact.content_type.like("image/%"),
+        )
     )
 
 
@@ -310,14 +333,10 @@ def cancel_requested_orphans(session: Session, *, stale_before: datetime) -> lis
     return list(session.scalars(query.with_for_update(skip_locked=True)))
 
 
+def try_sweep_lock(session: Session) -> bool:
+    """Take the sweeper's transaction-scoped advisory lock; False when another sweeper holds it."""
+    return bool(session.scalar(select(func.pg_try_advisory_xact_lock(_SWEEP_LOCK_ID))))
+
+
 def stale_seconds_ago(seconds: float) -> datetime:
     return now() - timedelta(seconds=seconds)
-
-
-IDEMPOTENCY_KEY_TTL = timedelta(days=7)
-
-
-def forget_idempotency_keys(session: Session) -> int:
-    """Drop Idempotency-Keys older than their retention (7 days; the contract promises at least 24 h)."""
-    result = session.execute(delete(IdempotencyKey).where(IdempotencyKey.created_at < now() - IDEMPOTENCY_KEY_TTL))
-    return int(result.rowcount or 0)  # type: ignore[attr-defined]

@@ -26,9 +26,9 @@ def system() -> Iterator[System]:
         from core.config import get_settings
 
         get_settings.cache_clear()
+        from core.presets import get_preset
         from db.migrate import upgrade
         from workers.preset_files import build_preset
-        from workers.presets import get_preset
 
         upgrade(system.env["IMAGEN_DATABASE_URL"])
         settings = get_settings()

@@ -15,7 +15,7 @@ from pathlib import Path
 import httpx
 
 from cli.services import RedisServer, free_port, start_postgres
-from workers.queues import CPU_QUEUES, MODEL_QUEUES
+from core.routing import CPU_QUEUES, MODEL_QUEUES
 
 REPO = Path(__file__).resolve().parent.parent
 

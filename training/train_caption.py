@@ -19,6 +19,7 @@ from pathlib import Path
 import torch
 from transformers import BertTokenizer, GitConfig, GitForCausalLM, GitProcessor, GitVisionConfig
 
+from core.limits import MAX_BATCH
 from training import world
 from training.common import (
     Ema,
@@ -46,7 +47,7 @@ from training.vision_common import (
     training_images,
 )
 from workers.captioning import caption_images
-from workers.vision_models import MAX_IMAGES, load_captioner
+from workers.vision_models import load_captioner
 
 logger = logging.getLogger("training")
 CAPTION_DIR = WEIGHTS_DIR / "caption"
@@ -203,11 +204,11 @@ def evaluate(folder: Path) -> dict[str, float]:
     preset, models_dir = product_preset(folder)
     captioner = load_captioner(preset, models_dir)
     scenes, images = evaluation_images()
-    # The product takes at most MAX_IMAGES images a call.
+    # The product takes at most MAX_BATCH images a call.
     captions = [
         text
-        for start in range(0, len(images), MAX_IMAGES)
-        for text in caption_images(captioner, images[start : start + MAX_IMAGES])
+        for start in range(0, len(images), MAX_BATCH)
+        for text in caption_images(captioner, images[start : start + MAX_BATCH])
     ]
     scores = dict.fromkeys([*ATTRIBUTES, "all"], 0)
     for scene, text in zip(scenes, captions, strict=True):

@@ -26,6 +26,7 @@ import torch.nn.functional as F
 from tokenizers import pre_tokenizers
 from transformers import CLIPConfig, CLIPModel, CLIPProcessor, CLIPTextConfig, CLIPTokenizer, CLIPVisionConfig
 
+from core.limits import MAX_BATCH
 from training import world
 from training.common import (
     Ema,
@@ -52,7 +53,7 @@ from training.vision_common import (
     training_images,
 )
 from workers.embedding import embed_images, embed_texts
-from workers.vision_models import MAX_IMAGES, load_embedder
+from workers.vision_models import load_embedder
 
 logger = logging.getLogger("training")
 T = TypeVar("T")
@@ -274,7 +275,7 @@ def evaluate(folder: Path) -> dict[str, float]:
     scenes, images = evaluation_images()
 
     def images_in_chunks(items: list[PIL.Image.Image]) -> torch.Tensor:
-        # The product takes at most MAX_IMAGES images (and as many texts) a call.
+        # The product takes at most MAX_BATCH images (and as many texts) a call.
         return torch.tensor([row for c in _chunks(items) for row in embed_images(embedder, c)])
 
     def texts_in_chunks(items: list[str]) -> torch.Tensor:
@@ -297,7 +298,7 @@ def evaluate(folder: Path) -> dict[str, float]:
 
 
 def _chunks(items: list[T]) -> list[list[T]]:
-    return [items[start : start + MAX_IMAGES] for start in range(0, len(items), MAX_IMAGES)]
+    return [items[start : start + MAX_BATCH] for start in range(0, len(items), MAX_BATCH)]
 
 
 def _recall(

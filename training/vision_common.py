@@ -22,10 +22,10 @@ import torch
 import torch.nn.functional as F
 from transformers import CLIPImageProcessorPil, PreTrainedModel
 
+from core.presets import TINY, EmbedderSpec, ModelSpec, Preset
 from training import world
 from training.common import RUNS_DIR
 from training.toy_models import SR_RESOLUTION, WEIGHTS_DIR
-from workers.presets import TINY, EmbedderSpec, ModelSpec, Preset
 
 logger = logging.getLogger("training")
 

@@ -12,10 +12,9 @@ import PIL.Image
 import torch
 from transformers import GenerationConfig
 
+from core.limits import MAX_BEAMS, MAX_NEW_TOKENS, check_int
 from workers.vision_models import Captioner, check_images
 
-MAX_NEW_TOKENS = 100
-MAX_BEAMS = 8
 # A caption is never empty: the end token is held back for the first few tokens (or all of them,
 # when fewer are asked for), and tokens that decode to nothing are never generated.
 MIN_NEW_TOKENS = 3
@@ -31,8 +30,8 @@ def caption_images(
     """One caption per image, in order: at most `max_new_tokens` tokens, by greedy or beam search."""
     # 1. Check inputs
     images = check_images(images)
-    _check_int("max_new_tokens", max_new_tokens, 1, MAX_NEW_TOKENS)
-    _check_int("num_beams", num_beams, 1, MAX_BEAMS)
+    check_int("max_new_tokens", max_new_tokens, 1, MAX_NEW_TOKENS)
+    check_int("num_beams", num_beams, 1, MAX_BEAMS)
 
     # 2. Fix the decoding: deterministic, bounded, never an empty caption
     generation_config = _generation_config(captioner, max_new_tokens, num_beams)
@@ -72,9 +71,3 @@ def _pixel_values(captioner: Captioner, image: PIL.Image.Image) -> torch.Tensor:
     inputs = captioner.processor(images=[image.convert("RGB")], return_tensors="pt")
     pixel_values: torch.Tensor = inputs["pixel_values"]
     return pixel_values.to(captioner.device, captioner.dtype)
-
-
-def _check_int(name: str, value: object, low: int, high: int) -> None:
-    # bool is an int to Python, but `num_beams=True` is a caller's mistake.
-    if not isinstance(value, int) or isinstance(value, bool) or not low <= value <= high:
-        raise ValueError(f"{name} must be an integer in [{low}, {high}], got {value!r}")

@@ -8,7 +8,6 @@ the same in any process with the same weights, device, dtype and thread count.
 from __future__ import annotations
 
 import io
-import math
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
@@ -24,18 +23,12 @@ from diffusers.pipelines.stable_diffusion.pipeline_stable_diffusion_upscale impo
 from safetensors.torch import load as load_safetensors
 from safetensors.torch import save as save_safetensors
 
+from core.limits import MAX_IMAGES_PER_JOB, MAX_SEED, MAX_STEPS, check_guidance, check_int, check_text
+from core.presets import StageKind, StageParams, StageSpec
 from workers.pipelines import Cascade
-from workers.presets import StageKind, StageParams, StageSpec
 
 ProgressFn = Callable[[float], None]
 """Called with the fraction of the stage done (0..1] after each denoising step; may raise to stop."""
-
-MAX_IMAGES = 64
-MAX_STEPS = 1000
-MAX_GUIDANCE = 50.0
-# Seeds are stored as Postgres bigints, and image `i` uses `seed + i`.
-MAX_SEED = 2**63 - 1
-MAX_PROMPT_CHARS = 4000
 
 _EMBEDS_KEY = "prompt_embeds"
 _NEGATIVE_KEY = "negative_embeds"
@@ -52,9 +45,9 @@ class PromptEmbeds:
 def encode_prompt(cascade: Cascade, prompt: str, negative_prompt: str | None = None) -> PromptEmbeds:
     """Encode `prompt` (and `negative_prompt`, or the empty prompt) with stage I's text encoder."""
     # 1. Check inputs
-    _check_prompt("prompt", prompt)
+    check_text("prompt", prompt)
     if negative_prompt is not None:
-        _check_prompt("negative_prompt", negative_prompt, allow_empty=True)
+        check_text("negative_prompt", negative_prompt, allow_empty=True)
 
     # 2. Encode both in one call, as the pipeline would for classifier-free guidance
     prompt_embeds, negative_embeds = cascade.base.encode_prompt(
@@ -105,10 +98,10 @@ def run_base(
     pipeline = cascade.base
 
     # 1. Check inputs
-    _check_int("num_images", num_images, 1, MAX_IMAGES)
-    _check_seed(seed, num_images)
-    _check_int("steps", steps, 1, MAX_STEPS)
-    _check_guidance(guidance_scale)
+    check_int("num_images", num_images, 1, MAX_IMAGES_PER_JOB)
+    check_int("seed", seed, 0, MAX_SEED)
+    check_int("steps", steps, 1, MAX_STEPS)
+    check_guidance(guidance_scale)
     _check_embeds(embeds, pipeline.unet.config["encoder_hid_dim"])
 
     # 2. Put the embeddings where the model is
@@ -202,9 +195,9 @@ def run_sd_upscale(
 
     # 1. Check inputs
     _check_sr_inputs(cascade, spec, images, seed, steps, guidance_scale, noise_level)
-    _check_prompt("prompt", prompt)
+    check_text("prompt", prompt)
     if negative_prompt is not None:
-        _check_prompt("negative_prompt", negative_prompt, allow_empty=True)
+        check_text("negative_prompt", negative_prompt, allow_empty=True)
 
     # 2. Denoise each image from its own seed
     upscaled: list[PIL.Image.Image] = []
@@ -285,8 +278,8 @@ def run_direct(
     Celery tasks, so this is a fair baseline for the distributed path and gives the same images.
     """
     # 1. Check inputs
+    chosen = cascade.preset.resolve_params(resolution, params)
     stages = cascade.preset.stages_up_to(resolution)
-    chosen = _resolve_params(cascade, stages, params or {})
 
     # 2. Encode the prompt once for every stage that takes embeddings
     embeds = embeds_from_bytes(embeds_to_bytes(encode_prompt(cascade, prompt, negative_prompt)))
@@ -306,7 +299,7 @@ def run_direct(
                 guidance_scale=stage_params.guidance_scale,
             )
         else:
-            assert stage_params.noise_level is not None  # filled in by _resolve_params
+            assert stage_params.noise_level is not None  # filled in by resolve_params
             images = run_sr(
                 cascade,
                 spec.name,
@@ -340,35 +333,6 @@ def png_to_image(data: bytes) -> PIL.Image.Image:
             return opened.convert("RGB")
     except PIL.UnidentifiedImageError as exc:
         raise ValueError(f"image bytes are not a readable image: {exc}") from exc
-
-
-def _check_prompt(name: str, value: object, *, allow_empty: bool = False) -> None:
-    if not isinstance(value, str):
-        raise ValueError(f"{name} must be a string, got {type(value).__name__}")
-    if not allow_empty and not value.strip():
-        raise ValueError(f"{name} must not be empty")
-    if len(value) > MAX_PROMPT_CHARS:
-        raise ValueError(f"{name} must be at most {MAX_PROMPT_CHARS} characters, got {len(value)}")
-
-
-def _check_int(name: str, value: object, low: int, high: int) -> None:
-    # bool is an int to Python, but `steps=True` is a caller's mistake.
-    if not isinstance(value, int) or isinstance(value, bool) or not low <= value <= high:
-        raise ValueError(f"{name} must be an integer in [{low}, {high}], got {value!r}")
-
-
-def _check_seed(seed: object, num_images: int) -> None:
-    _check_int("seed", seed, 0, MAX_SEED - (num_images - 1))
-
-
-def _check_guidance(guidance_scale: object) -> None:
-    if (
-        not isinstance(guidance_scale, int | float)
-        or isinstance(guidance_scale, bool)
-        or not math.isfinite(guidance_scale)
-        or not 0.0 <= guidance_scale <= MAX_GUIDANCE
-    ):
-        raise ValueError(f"guidance_scale must be a number in [0, {MAX_GUIDANCE}], got {guidance_scale!r}")
 
 
 def _check_embeds(embeds: PromptEmbeds, width: int) -> None:
@@ -406,8 +370,8 @@ def _check_sr_inputs(
     source_resolution = stages[stages.index(spec) - 1].resolution
     if not isinstance(images, Sequence):
         raise ValueError(f"images must be a list of images, got {type(images).__name__}")
-    if not 1 <= len(images) <= MAX_IMAGES:
-        raise ValueError(f"images must hold 1 to {MAX_IMAGES} images, got {len(images)}")
+    if not 1 <= len(images) <= MAX_IMAGES_PER_JOB:
+        raise ValueError(f"images must hold 1 to {MAX_IMAGES_PER_JOB} images, got {len(images)}")
     for index, image in enumerate(images):
         if not isinstance(image, PIL.Image.Image):
             raise ValueError(f"images[{index}] must be a PIL image, got {type(image).__name__}")
@@ -416,27 +380,10 @@ def _check_sr_inputs(
                 f"images[{index}] must be {source_resolution}x{source_resolution} for stage"
                 f" {spec.name}, got {image.size[0]}x{image.size[1]}"
             )
-    _check_seed(seed, len(images))
-    _check_int("steps", steps, 1, MAX_STEPS)
-    _check_guidance(guidance_scale)
-    _check_int("noise_level", noise_level, 0, spec.max_noise_level or 0)
-
-
-def _resolve_params(
-    cascade: Cascade, stages: Sequence[StageSpec], params: Mapping[str, StageParams]
-) -> dict[str, StageParams]:
-    names = [spec.name for spec in cascade.preset.stages]
-    unknown = sorted(set(params) - set(names))
-    if unknown:
-        raise ValueError(f"params has unknown stages {unknown}; allowed: {names}")
-    chosen: dict[str, StageParams] = {}
-    for spec in stages:
-        given = params.get(spec.name, spec.default_params())
-        noise_level = given.noise_level
-        if not spec.is_base and noise_level is None:
-            noise_level = spec.default_noise_level
-        chosen[spec.name] = StageParams(given.steps, given.guidance_scale, noise_level)
-    return chosen
+    check_int("seed", seed, 0, MAX_SEED)
+    check_int("steps", steps, 1, MAX_STEPS)
+    check_guidance(guidance_scale)
+    check_int("noise_level", noise_level, 0, spec.max_noise_level or 0)
 
 
 def _embeds_on(cascade: Cascade, embeds: PromptEmbeds) -> tuple[torch.Tensor, torch.Tensor]:

@@ -9,31 +9,19 @@ from celery import Celery
 from kombu import Queue
 
 from core.config import get_settings
-from workers.queues import QUEUES
-
-TASK_ROUTES = {
-    "imagen.encode_text": {"queue": "text"},
-    "imagen.base": {"queue": "base"},
-    "imagen.sr": {"queue": "sr"},
-    "imagen.caption": {"queue": "caption"},
-    "imagen.embed": {"queue": "embed"},
-    "imagen.embed_query": {"queue": "embed"},
-    "imagen.finalize": {"queue": "control"},
-    "imagen.sweep": {"queue": "control"},
-    "imagen.deliver_webhook": {"queue": "webhooks"},
-}
+from core.routing import QUEUES, SWEEP_TASK, TASK_QUEUES
 
 
 def create_app() -> Celery:
     """A Celery app configured from the settings."""
     settings = get_settings()
-    app = Celery("imagen", broker=settings.redis_url, include=["workers.tasks", "workers.webhooks"])
+    app = Celery("imagen", broker=settings.redis_url, include=["workers.tasks"])
     # Longer than the longest stage, or Redis would hand a running stage to a second worker.
     visibility_timeout = settings.stage_time_limit_s + 600
     app.conf.update(
         task_queues=[Queue(name) for name in QUEUES],
         task_default_queue="control",
-        task_routes=TASK_ROUTES,
+        task_routes={task: {"queue": queue} for task, queue in TASK_QUEUES.items()},
         task_serializer="json",
         accept_content=["json"],
         # Stages report through Postgres. Only the search query embedding answers its caller (the API)
@@ -70,7 +58,7 @@ def create_app() -> Celery:
         beat_schedule={
             # A sweep that waited longer than the interval is dropped: the next one does its work.
             "sweep": {
-                "task": "imagen.sweep",
+                "task": SWEEP_TASK,
                 "schedule": timedelta(seconds=settings.sweep_interval_s),
                 "options": {"expires": settings.sweep_interval_s},
             },

@@ -1,4 +1,8 @@
-"""Build and send a job's cascade as a Celery chain, by task name (no model code is imported)."""
+"""The dispatcher: everything that sends work to the broker, by task name (no model code is imported).
+
+The API and the sweeper send a job's cascade through ``dispatch_job``; job events send webhook
+deliveries through ``enqueue_delivery``; a search sends its query through ``send_query_embedding``.
+"""
 
 import logging
 import uuid
@@ -6,53 +10,23 @@ from collections.abc import Sequence
 
 from celery import chain
 from celery.canvas import Signature
+from celery.result import AsyncResult
 from kombu.exceptions import KombuError
 from redis.exceptions import RedisError
+from sqlalchemy.orm import Session
 
+from core.presets import get_preset
+from core.routing import DELIVER_WEBHOOK_TASK, EMBED_QUERY_TASK, FINALIZE_TASK, TASK_QUEUES, stage_task
+from db import jobs as job_queries
+from db.models import Job
 from workers.celery_app import app
-from workers.presets import Preset, StageKind, get_preset
 
 log = logging.getLogger(__name__)
 
-ENCODE_TEXT = "encode_text"
-CAPTION = "caption"
-EMBED = "embed"
-
-# The stages every preset shares: stage name -> (task name, queue).
-STAGE_TASKS = {
-    ENCODE_TEXT: ("imagen.encode_text", "text"),
-    CAPTION: ("imagen.caption", "caption"),
-    EMBED: ("imagen.embed", "embed"),
-}
-# A cascade stage's task and queue follow from its kind: super-resolution stages of every kind and
-# resolution share one task (which looks the stage up in the job's preset) and one queue.
-KIND_TASKS: dict[StageKind, tuple[str, str]] = {
-    "if": ("imagen.base", "base"),
-    "if_sr": ("imagen.sr", "sr"),
-    "sd_upscale": ("imagen.sr", "sr"),
-}
-FINALIZE_TASK = "imagen.finalize"
-
-# Publishing gives up quickly when the broker is down: the job is already committed, and the
-# sweeper enqueues it once the broker is back.
+# Publishing gives up quickly when the broker is down: the job (or event) is already committed, and the
+# sweeper sends it once the broker is back.
 _PUBLISH_RETRY = {"max_retries": 2, "interval_start": 0.1, "interval_step": 0.2, "interval_max": 0.5}
-
-
-def generate_stages(
-    preset: Preset, resolution: int, *, caption: bool = False, index: bool = False
-) -> list[tuple[str, str]]:
-    """The (stage, queue) rows of a generate job: the text encoder, the cascade up to ``resolution``, then
-    captioning and indexing of the final images when asked for."""
-    names = [ENCODE_TEXT, *(spec.name for spec in preset.stages_up_to(resolution))]
-    names += [CAPTION] * caption + [EMBED] * index
-    return [(name, stage_task(preset, name)[1]) for name in names]
-
-
-def stage_task(preset: Preset, stage: str) -> tuple[str, str]:
-    """The (task name, queue) that runs ``stage`` of a job of ``preset``."""
-    if stage in STAGE_TASKS:
-        return STAGE_TASKS[stage]
-    return KIND_TASKS[preset.stage(stage).kind]
+_SEND_ERRORS = (KombuError, RedisError, OSError)
 
 
 def cascade_chain(job_id: uuid.UUID, stages: Sequence[str], *, preset: str, seq: int, priority: int) -> Signature:
@@ -64,7 +38,8 @@ def cascade_chain(job_id: uuid.UUID, stages: Sequence[str], *, preset: str, seq:
     """
     redis_priority = 9 - priority  # the API's 9 runs first; Redis serves 0 first
     preset_spec = get_preset(preset)
-    steps = [(*stage_task(preset_spec, name), name) for name in stages] + [(FINALIZE_TASK, "control", "finalize")]
+    steps = [(*stage_task(preset_spec, name), name) for name in stages]
+    steps.append((FINALIZE_TASK, TASK_QUEUES[FINALIZE_TASK], "finalize"))
     signatures = [
         app.signature(
             task,
@@ -84,7 +59,51 @@ def enqueue_cascade(job_id: uuid.UUID, stages: Sequence[str], *, preset: str, se
     signature = cascade_chain(job_id, stages, preset=preset, seq=seq, priority=priority)
     try:
         signature.apply_async(retry=True, retry_policy=_PUBLISH_RETRY)
-    except (KombuError, RedisError, OSError) as exc:
+    except _SEND_ERRORS as exc:
         log.warning("could not enqueue job %s (generation %d): %s; the sweeper will", job_id, seq, exc)
         return False
     return True
+
+
+def dispatch_job(session: Session, job: Job) -> bool:
+    """Send a committed job's remaining stages (of its current generation) and record that they got there;
+    commits. False when the broker is down: the job stays committed and undispatched, for the sweeper."""
+    first = job_queries.first_unfinished_stage(job)
+    stages = [s.name for s in job.stages[first.position :]] if first is not None else []
+    seq = job.dispatch_seq
+    if not enqueue_cascade(job.id, stages, preset=job.preset, seq=seq, priority=job.priority):
+        return False
+    job_queries.mark_dispatched(session, job_id=job.id, seq=seq)
+    session.commit()
+    log.info("job %s sent from %s (generation %d)", job.id, stages[0] if stages else "finalize", seq)
+    return True
+
+
+def enqueue_delivery(event_id: uuid.UUID | str, countdown: float = 0) -> bool:
+    """Send a delivery task for a webhook event; False (logged) when the broker is down.
+
+    The event is already in the outbox: the sweeper enqueues it once the broker is back.
+    """
+    signature = app.signature(
+        DELIVER_WEBHOOK_TASK, args=(str(event_id),), queue=TASK_QUEUES[DELIVER_WEBHOOK_TASK], ignore_result=True
+    )
+    try:
+        signature.apply_async(countdown=countdown or None, retry=True, retry_policy=_PUBLISH_RETRY)
+    except _SEND_ERRORS as exc:
+        log.warning("could not enqueue webhook %s: %s; the sweeper will", event_id, exc)
+        return False
+    return True
+
+
+def send_query_embedding(preset: str, *, text: str | None = None, image_key: str | None = None) -> AsyncResult:
+    """Ask an embed worker for a search query's vector; its answer comes back through the result backend.
+
+    Raises the broker's errors (KombuError, RedisError, OSError), and RuntimeError when Celery's result
+    consumer gave up reconnecting (it tries again on the next call).
+    """
+    return app.send_task(
+        EMBED_QUERY_TASK,
+        kwargs={"preset": preset, "text": text, "image_key": image_key},
+        queue=TASK_QUEUES[EMBED_QUERY_TASK],
+        priority=0,  # a person is waiting: ahead of indexing work
+    )

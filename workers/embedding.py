@@ -11,10 +11,8 @@ from collections.abc import Sequence
 import PIL.Image
 import torch
 
+from core.limits import MAX_BATCH, check_text
 from workers.vision_models import Embedder, check_images
-
-MAX_TEXTS = 64
-MAX_TEXT_CHARS = 4000
 
 
 def embed_images(embedder: Embedder, images: Sequence[PIL.Image.Image]) -> list[list[float]]:
@@ -62,12 +60,7 @@ def _unit_vectors(features: object) -> list[list[float]]:
 def _check_texts(texts: object) -> None:
     if not isinstance(texts, Sequence) or isinstance(texts, str | bytes):
         raise ValueError(f"texts must be a list of strings, got {type(texts).__name__}")
-    if not 1 <= len(texts) <= MAX_TEXTS:
-        raise ValueError(f"texts must hold 1 to {MAX_TEXTS} strings, got {len(texts)}")
+    if not 1 <= len(texts) <= MAX_BATCH:
+        raise ValueError(f"texts must hold 1 to {MAX_BATCH} strings, got {len(texts)}")
     for index, text in enumerate(texts):
-        if not isinstance(text, str):
-            raise ValueError(f"texts[{index}] must be a string, got {type(text).__name__}")
-        if not text.strip():
-            raise ValueError(f"texts[{index}] must not be empty")
-        if len(text) > MAX_TEXT_CHARS:
-            raise ValueError(f"texts[{index}] must be at most {MAX_TEXT_CHARS} characters, got {len(text)}")
+        check_text(f"texts[{index}]", text)

@@ -22,9 +22,9 @@ from diffusers.pipelines.stable_diffusion.pipeline_stable_diffusion_upscale impo
 from diffusers.utils import logging as diffusers_logging
 from transformers.utils import logging as transformers_logging
 
-from workers.model_loads import record_model_load
-from workers.preset_files import PIPELINE_FILE, ModelsNotFoundError
-from workers.presets import Preset, StageKind, StageSpec, get_preset
+from core.model_loads import record_model_load
+from core.preset_files import PIPELINE_FILE, ModelsNotFoundError
+from core.presets import Preset, StageKind, StageSpec, get_preset
 
 logger = logging.getLogger(__name__)
 

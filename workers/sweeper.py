@@ -10,33 +10,22 @@ Each re-enqueue starts a new dispatch generation, which turns any late duplicate
 
 import logging
 import uuid
-from dataclasses import dataclass
-
-from sqlalchemy import func, select
 
 from core.config import get_settings
 from core.redis_client import get_redis
+from core.statuses import JobStatus, StageStatus
 from db import jobs as job_queries
-from db.models import Job, JobStatus, StageStatus
+from db.idempotency import forget_idempotency_keys
+from db.models import Job
 from db.session import session_scope
-from workers.dispatch import enqueue_cascade
-from workers.events import job_transaction
+from workers.dispatch import dispatch_job
+from workers.lifecycle import job_transaction
 
 log = logging.getLogger(__name__)
 
 BROKER_MARKER_KEY = "imagen:broker-marker"
-_SWEEP_LOCK_ID = 0x1A6E  # pg advisory lock: one sweeper at a time across all beat instances
 _BATCH = 500
 _UNDISPATCHED_GRACE_S = 5.0
-
-
-@dataclass(frozen=True)
-class Redispatch:
-    job_id: uuid.UUID
-    preset: str
-    stages: list[str]
-    seq: int
-    priority: int
 
 
 def broker_lost_its_queues() -> bool:
@@ -44,27 +33,25 @@ def broker_lost_its_queues() -> bool:
     return bool(get_redis().set(BROKER_MARKER_KEY, "1", nx=True))
 
 
-def plan_redispatch(job: Job) -> Redispatch:
-    """Bump the job's generation and name the stages to run again (none left: just finalize)."""
+def plan_redispatch(job: Job) -> None:
+    """Start a new generation of the job, from its first unfinished stage (none left: just finalize)."""
     first = job_queries.first_unfinished_stage(job)
-    seq = job_queries.bump_dispatch(job)
-    if first is None:
-        return Redispatch(job.id, job.preset, [], seq, job.priority)
-    first.queued_at = job_queries.now()
-    return Redispatch(job.id, job.preset, [s.name for s in job.stages[first.position :]], seq, job.priority)
+    job_queries.bump_dispatch(job)
+    if first is not None:
+        first.queued_at = job_queries.now()
 
 
 def sweep_lost_jobs() -> list[uuid.UUID]:
     """One sweep; returns the ids of the jobs it enqueued again."""
     settings = get_settings()
-    plans: list[Redispatch] = []
+    jobs: list[Job] = []
     with job_transaction() as (session, events):
-        if not session.scalar(select(func.pg_try_advisory_xact_lock(_SWEEP_LOCK_ID))):
+        if not job_queries.try_sweep_lock(session):
             return []
         # Checked under the lock: the sweeper that plants the marker is the one that re-enqueues.
         everything = broker_lost_its_queues()
         stale_before = job_queries.stale_seconds_ago(settings.requeue_after_s)
-        job_queries.forget_idempotency_keys(session)
+        forget_idempotency_keys(session)
         for job in job_queries.cancel_requested_orphans(session, stale_before=stale_before):
             job_queries.finish_job(job, JobStatus.CANCELED)
             events.finished(job)
@@ -79,17 +66,11 @@ def sweep_lost_jobs() -> list[uuid.UUID]:
             running = [s for s in job.stages if s.status == StageStatus.RUNNING]
             if running:
                 running[0].error = "its worker stopped answering; enqueued again"
-            plans.append(plan_redispatch(job))
-    if everything and plans:
-        log.warning("the broker came back empty: enqueuing %d live jobs again", len(plans))
-    for plan in plans:
-        if enqueue_cascade(plan.job_id, plan.stages, preset=plan.preset, seq=plan.seq, priority=plan.priority):
-            with session_scope() as session:
-                job_queries.mark_dispatched(session, job_id=plan.job_id, seq=plan.seq)
-            log.info(
-                "job %s enqueued again from %s (generation %d)",
-                plan.job_id,
-                plan.stages[0] if plan.stages else "finalize",
-                plan.seq,
-            )
-    return [plan.job_id for plan in plans]
+            plan_redispatch(job)
+    if everything and jobs:
+        log.warning("the broker came back empty: enqueuing %d live jobs again", len(jobs))
+    # Each job's new generation is committed before it is sent; the rows stay loaded (no expiry on commit).
+    with session_scope() as session:
+        for job in jobs:
+            dispatch_job(session, job)
+    return [job.id for job in jobs]

@@ -20,7 +20,7 @@ from pathlib import Path
 
 import workers
 from core.config import get_settings
-from workers.preset_files import MODEL_FILE, PIPELINE_FILE, ModelsNotFoundError
+from core.preset_files import MODEL_FILE, PIPELINE_FILE, ModelsNotFoundError
 
 logger = logging.getLogger(__name__)
 

@@ -13,12 +13,13 @@ import PIL.Image
 import torch
 from transformers import AutoProcessor, CLIPModel, CLIPProcessor, GitForCausalLM, GitProcessor, PreTrainedModel
 
-from workers.pipelines import ModelsNotFoundError, pick_device, quiet_progress_bars, resident
-from workers.presets import Preset
+from core.limits import MAX_BATCH
+from core.preset_files import ModelsNotFoundError
+from core.presets import Preset
+from workers.pipelines import pick_device, quiet_progress_bars, resident
 
 logger = logging.getLogger(__name__)
 
-MAX_IMAGES = 64
 # Processors scale an image's short side to the model's input size, so a sliver (say 1x20000 px)
 # would become a huge array before the centre crop; no photo or render is that elongated.
 MAX_ASPECT_RATIO = 20.0
@@ -112,11 +113,11 @@ def get_embedder(preset_name: str, models_dir: Path) -> Embedder:
 
 
 def check_images(images: object) -> Sequence[PIL.Image.Image]:
-    """`images` if it is a list of 1 to MAX_IMAGES usable PIL images, else a ValueError naming the culprit."""
+    """`images` if it is a list of 1 to MAX_BATCH usable PIL images, else a ValueError naming the culprit."""
     if not isinstance(images, Sequence) or isinstance(images, str | bytes):
         raise ValueError(f"images must be a list of PIL images, got {type(images).__name__}")
-    if not 1 <= len(images) <= MAX_IMAGES:
-        raise ValueError(f"images must hold 1 to {MAX_IMAGES} images, got {len(images)}")
+    if not 1 <= len(images) <= MAX_BATCH:
+        raise ValueError(f"images must hold 1 to {MAX_BATCH} images, got {len(images)}")
     for index, image in enumerate(images):
         if not isinstance(image, PIL.Image.Image):
             raise ValueError(f"images[{index}] must be a PIL image, got {type(image).__name__}")

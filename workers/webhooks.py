@@ -17,8 +17,6 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from kombu.exceptions import KombuError
-from redis.exceptions import RedisError
 from standardwebhooks import Webhook
 
 from core.address_guard import BlockedAddress, FetchError, FetchFailed, InvalidUrl, TooLarge, fetch
@@ -26,11 +24,10 @@ from core.config import Settings, get_settings
 from db import webhooks as webhook_queries
 from db.models import Tenant, WebhookEvent
 from db.session import session_scope
-from workers.celery_app import app
+from workers.dispatch import enqueue_delivery
 
 log = logging.getLogger(__name__)
 
-DELIVER_TASK = "imagen.deliver_webhook"
 USER_AGENT = "imagen-queue-webhooks/1"
 MAX_RESPONSE_BYTES = 65536
 # The sweeper re-enqueues only events overdue by this much: a younger one's message is still on its way.
@@ -41,7 +38,6 @@ _LONGEST_COUNTDOWN_S = 900.0
 # A message that arrives this long before its event is due is a duplicate; the scheduled one follows.
 _EARLY_TOLERANCE_S = 1.0
 _REDIRECT_STATUSES = frozenset({301, 302, 303, 307, 308})
-_PUBLISH_RETRY = {"max_retries": 2, "interval_start": 0.1, "interval_step": 0.2, "interval_max": 0.5}
 
 
 @dataclass(frozen=True)
@@ -122,8 +118,7 @@ def retry_delay_s(attempts: int, schedule: list[float]) -> float | None:
     return schedule[attempts - 1] * random.uniform(0.8, 1.2)
 
 
-@app.task(name=DELIVER_TASK, acks_late=True)
-def deliver_webhook(event_id: str) -> None:
+def deliver_event(event_id: str) -> None:
     """Deliver one outbox event: POST it, log the attempt, then settle it or schedule the next attempt."""
     settings = get_settings()
     retry_in: float | None = None
@@ -160,25 +155,6 @@ def deliver_webhook(event_id: str) -> None:
     # After the commit: the next attempt must find the schedule it was sent for.
     if retry_in is not None:
         enqueue_delivery(uuid.UUID(event_id), countdown=retry_in)
-
-
-def enqueue_delivery(event_id: uuid.UUID | str, countdown: float = 0) -> bool:
-    """Send a delivery task for the event to the webhooks queue; False (logged) when the broker is down.
-
-    The event is already in the outbox: the sweeper enqueues it once the broker is back.
-    """
-    try:
-        deliver_webhook.apply_async(
-            args=(str(event_id),),
-            countdown=countdown or None,
-            queue="webhooks",
-            retry=True,
-            retry_policy=_PUBLISH_RETRY,
-        )
-    except (KombuError, RedisError, OSError) as exc:
-        log.warning("could not enqueue webhook %s: %s; the sweeper will", event_id, exc)
-        return False
-    return True
 
 
 def sweep_due_webhooks(limit: int = 500) -> int:

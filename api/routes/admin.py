@@ -26,15 +26,17 @@ from api.admin_auth import (
 from api.deps import SessionDep, SettingsDep, StoreDep
 from api.job_control import cancel_job_now, redeliver_event, retry_job_now
 from api.metrics import queue_depths
-from api.schemas import JOB_KINDS, JobPublic
 from api.workers_status import WorkerStatus, workers_online
 from core.config import Settings
 from core.errors import DomainError
+from core.job_input import JOB_KINDS
+from core.job_view import JobPublic
 from db import dashboard
 from db import jobs as job_queries
 from db import tenants as tenant_queries
 from db import webhooks as webhook_queries
 from db.models import ApiKey, Job, JobStatus, Tenant
+from storage.factory import process_store
 
 router = APIRouter(prefix="/admin", include_in_schema=False)
 
@@ -250,7 +252,7 @@ def _job_action(session: Session, job_id: str, action: str, delivery_id: str | N
         return _see_other("/admin/jobs")
     try:
         if action == "cancel":
-            cancel_job_now(session, job)
+            cancel_job_now(session, job, process_store())
         elif action == "retry":
             retry_job_now(session, job)
         else:

@@ -11,14 +11,13 @@ from fastapi.responses import StreamingResponse
 from redis.exceptions import RedisError
 from starlette.concurrency import run_in_threadpool
 
-from api.deps import CurrentKey, SessionDep
-from api.routes.jobs import job_or_404
+from api.deps import CurrentJob, SessionDep
 from core.config import get_settings
+from core.live_events import stream_key
 from core.redis_client import client_url
 from db import jobs as job_queries
 from db.models import JobStatus
 from db.session import session_scope
-from workers.events import stream_key
 
 router = APIRouter(prefix="/v1/jobs", tags=["jobs"])
 
@@ -75,13 +74,11 @@ async def _stream(job_id: object, last_event_id: str) -> AsyncIterator[str]:
 
 @router.get("/{job_id}/events", response_class=StreamingResponse)
 def stream_job_events(
-    job_id: str,
-    key: CurrentKey,
+    job: CurrentJob,
     session: SessionDep,
     last_event_id: Annotated[str | None, Header(max_length=64)] = None,
 ) -> StreamingResponse:
     """Server-Sent Events: ``status``, ``stage``, ``progress`` and a final ``done``; resume with Last-Event-ID."""
-    job = job_or_404(session, job_id, key)
     start = last_event_id if last_event_id and set(last_event_id) <= _STREAM_ID_CHARS else "0-0"
     session.close()  # the stream may last minutes: hold no database connection meanwhile
     return StreamingResponse(

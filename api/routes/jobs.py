@@ -1,42 +1,24 @@
 """/v1/jobs: submit, read, list, cancel and retry jobs."""
 
-import uuid
 from typing import Annotated
 
 from fastapi import APIRouter, Header, Query, Response, status
-from sqlalchemy.orm import Session
 
-from api.deps import CurrentKey, SessionDep, SettingsDep, StoreDep
+from api.deps import CurrentJob, CurrentKey, LockedJob, SessionDep, SettingsDep, StoreDep
 from api.job_control import cancel_job_now, retry_job_now
+from api.prefer_wait import parse_prefer_wait, wait_for_job
 from api.quotas import check_jobs_in_flight
-from api.schemas import JobCreate, JobList, JobPublic
-from api.submission import (
-    create_job_row,
-    enqueue_committed,
-    idempotent_replay,
-    parse_prefer_wait,
-    remember_idempotency_key,
-    request_fingerprint,
-    wait_for_job,
-)
-from core.errors import NotFound
+from api.schemas import JobCreate, JobList
+from api.submission import create_job_row, idempotent_replay, request_fingerprint
+from core.job_view import JobPublic
+from core.live_events import append_live
+from core.presets import get_preset
+from core.statuses import JobStatus
 from db import jobs as job_queries
-from db.models import Job, JobStatus
-from workers.events import append_live
-from workers.presets import get_preset
+from db.idempotency import remember_idempotency_key
+from workers.dispatch import dispatch_job
 
 router = APIRouter(prefix="/v1/jobs", tags=["jobs"])
-
-
-def job_or_404(session: Session, job_id: str, key: CurrentKey, *, for_update: bool = False) -> Job:
-    try:
-        parsed = uuid.UUID(job_id)
-    except ValueError:
-        raise NotFound(f"no job {job_id!r}", field="job_id") from None
-    job = job_queries.get_job(session, job_id=parsed, tenant_id=key.tenant_id, for_update=for_update)
-    if job is None:
-        raise NotFound(f"no job {job_id!r}", field="job_id")
-    return job
 
 
 @router.post(
@@ -66,7 +48,7 @@ def create_job(
             session, key=key, body=body, preset=get_preset(settings.model_preset), store=store, settings=settings
         )
         if idempotency_key and not remember_idempotency_key(
-            session, key=key, idempotency_key=idempotency_key, fingerprint=fingerprint, job=job
+            session, tenant_id=key.tenant_id, key=idempotency_key, request_hash=fingerprint, job_id=job.id
         ):
             job = idempotent_replay(session, key=key, idempotency_key=idempotency_key, fingerprint=fingerprint)
             assert job is not None  # the request that won the race committed it
@@ -76,7 +58,7 @@ def create_job(
             check_jobs_in_flight(session, tenant=key.tenant, settings=settings)
             session.commit()
             append_live(job.id, "status", {"status": str(job.status)})
-            enqueue_committed(session, job)
+            dispatch_job(session, job)
     if wait_s > 0 and not JobStatus(job.status).is_terminal:
         job = wait_for_job(session, job, wait_s)
     if JobStatus(job.status).is_terminal and wait_s > 0:
@@ -103,22 +85,20 @@ def list_jobs(
 
 
 @router.get("/{job_id}", response_model=JobPublic)
-def read_job(job_id: str, key: CurrentKey, session: SessionDep, store: StoreDep, settings: SettingsDep) -> JobPublic:
+def read_job(job: CurrentJob, store: StoreDep, settings: SettingsDep) -> JobPublic:
     """One job, with its stages and, once it succeeded, its images."""
-    return JobPublic.from_row(job_or_404(session, job_id, key), store, settings.presign_ttl_s)
+    return JobPublic.from_row(job, store, settings.presign_ttl_s)
 
 
 @router.post("/{job_id}/cancel", response_model=JobPublic)
-def cancel_job(job_id: str, key: CurrentKey, session: SessionDep, store: StoreDep, settings: SettingsDep) -> JobPublic:
+def cancel_job(job: LockedJob, session: SessionDep, store: StoreDep, settings: SettingsDep) -> JobPublic:
     """Cancel now, or as soon as the running stage notices."""
-    job = job_or_404(session, job_id, key, for_update=True)
-    cancel_job_now(session, job)
+    cancel_job_now(session, job, store)
     return JobPublic.from_row(job, store, settings.presign_ttl_s)
 
 
 @router.post("/{job_id}/retry", response_model=JobPublic)
-def retry_job(job_id: str, key: CurrentKey, session: SessionDep, store: StoreDep, settings: SettingsDep) -> JobPublic:
+def retry_job(job: LockedJob, session: SessionDep, store: StoreDep, settings: SettingsDep) -> JobPublic:
     """Queue a failed or canceled job again from its first unfinished stage."""
-    job = job_or_404(session, job_id, key, for_update=True)
     retry_job_now(session, job)
     return JobPublic.from_row(job, store, settings.presign_ttl_s)

@@ -4,8 +4,8 @@ from fastapi import APIRouter
 
 from api.deps import CurrentKey, SettingsDep
 from api.schemas import ModelCatalog, PresetPublic
-from workers.preset_files import is_available
-from workers.presets import PRESETS
+from core.preset_files import is_available
+from core.presets import PRESETS
 
 router = APIRouter(prefix="/v1", tags=["models"])
 

@@ -8,12 +8,12 @@ from kombu.exceptions import KombuError
 from redis.exceptions import RedisError
 
 from api.deps import CurrentKey, SessionDep, SettingsDep, StoreDep
+from api.images import resolve_image_input
 from api.schemas import SearchRequest, SearchResponse, SearchResult
-from api.submission import resolve_image_input
 from core.errors import InvalidInput, ServiceUnavailable
+from core.presets import get_preset
 from db.search import search_embeddings
-from workers.celery_app import app as celery_app
-from workers.presets import get_preset
+from workers.dispatch import send_query_embedding
 
 router = APIRouter(prefix="/v1", tags=["search"])
 
@@ -23,12 +23,7 @@ QUERY_TIMEOUT_S = 15.0
 def embed_query(preset: str, *, text: str | None = None, image_key: str | None = None) -> tuple[str, list[float]]:
     """The query's vector, computed by an embed worker (the API loads no model); (model id, vector)."""
     try:
-        result = celery_app.send_task(
-            "imagen.embed_query",
-            kwargs={"preset": preset, "text": text, "image_key": image_key},
-            queue="embed",
-            priority=0,  # a person is waiting: ahead of indexing work
-        )
+        result = send_query_embedding(preset, text=text, image_key=image_key)
     except (KombuError, RedisError, OSError) as exc:
         raise ServiceUnavailable(f"the broker is unreachable: {exc}") from None
     except RuntimeError as exc:  # Celery's result consumer gave up reconnecting; it retries on the next call
@@ -55,9 +50,10 @@ def search_index(
     preset = get_preset(settings.model_preset)
     image_key = None
     if body.image is not None:
-        image_key = resolve_image_input(session, body.image, key=key, store=store, settings=settings, field="image")[
-            "key"
-        ]
+        image = resolve_image_input(
+            session, body.image, tenant_id=key.tenant_id, store=store, settings=settings, field="image"
+        )
+        image_key = image.key
     model, vector = embed_query(preset.name, text=body.text, image_key=image_key)
     hits = search_embeddings(
         session, tenant_id=key.tenant_id, collection=body.collection, model=model, query=vector, k=body.k

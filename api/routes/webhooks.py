@@ -2,9 +2,8 @@
 
 from fastapi import APIRouter
 
-from api.deps import CurrentKey, SessionDep
+from api.deps import CurrentJob, CurrentKey, SessionDep
 from api.job_control import redeliver_event
-from api.routes.jobs import job_or_404
 from api.schemas import DeliveryAttempt, DeliveryList, WebhookDelivery, WebhookSecret
 from db import webhooks as webhook_queries
 from db.models import Tenant, WebhookEvent
@@ -32,16 +31,14 @@ def _delivery(event: WebhookEvent) -> WebhookDelivery:
 
 
 @router.get("/jobs/{job_id}/deliveries", response_model=DeliveryList)
-def list_deliveries(job_id: str, key: CurrentKey, session: SessionDep) -> DeliveryList:
+def list_deliveries(job: CurrentJob, session: SessionDep) -> DeliveryList:
     """Every webhook event of the job, newest first, with each delivery attempt (time, status, latency, error)."""
-    job = job_or_404(session, job_id, key)
     return DeliveryList(items=[_delivery(e) for e in webhook_queries.list_deliveries(session, job_id=job.id)])
 
 
 @router.post("/jobs/{job_id}/deliveries/{delivery_id}/redeliver", response_model=WebhookDelivery)
-def redeliver_webhook(job_id: str, delivery_id: str, key: CurrentKey, session: SessionDep) -> WebhookDelivery:
+def redeliver_webhook(job: CurrentJob, delivery_id: str, session: SessionDep) -> WebhookDelivery:
     """Deliver an event again, on a fresh retry schedule (its attempt log is kept)."""
-    job = job_or_404(session, job_id, key)
     event = redeliver_event(session, job, delivery_id)
     return _delivery(event)
 

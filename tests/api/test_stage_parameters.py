@@ -7,21 +7,21 @@ from typing import Any
 import pytest
 
 from api.schemas import GenerateInput
+from api.submission import resolve_generate_input
 from core.errors import InvalidInput
-from tests.servers import System
-from workers.presets import PRESETS, get_preset
+from core.job_input import stored_input
+from core.presets import PRESETS, get_preset
 
 Resolve = Callable[..., dict[str, Any]]
 
 
 @pytest.fixture(scope="module")
-def resolve(system: System) -> Resolve:
-    """api.submission's resolve_generate_input, imported once the system's settings are in this process's
-    environment (api.submission imports workers.celery_app, which reads them once)."""
-    from api.submission import resolve_generate_input
+def resolve() -> Resolve:
+    """api.submission's resolve_generate_input, giving the job's input as stored."""
 
     def resolve_for(preset: str, **input: Any) -> dict[str, Any]:
-        return resolve_generate_input(GenerateInput(prompt="a blue square at the top", **input), get_preset(preset))
+        spec = resolve_generate_input(GenerateInput(prompt="a blue square at the top", **input), get_preset(preset))
+        return stored_input(spec)
 
     return resolve_for
 

@@ -12,9 +12,9 @@ import PIL.Image
 import PIL.ImageDraw
 import pytest
 
+from core.presets import get_preset
 from workers.captioning import caption_images
 from workers.pipelines import ModelsNotFoundError
-from workers.presets import get_preset
 from workers.vision_models import Captioner, get_captioner, load_captioner
 
 

@@ -17,10 +17,10 @@ import PIL.Image
 import pytest
 import torch
 
+from core.presets import PRESETS, StageParams, get_preset
 from workers import cascade as stages
 from workers.cascade import PromptEmbeds
 from workers.pipelines import Cascade, ModelsNotFoundError, get_cascade, load_cascade
-from workers.presets import PRESETS, StageParams, get_preset
 from workers.tiny_models import BUILD_MARKER, TINY_DIR, build_tiny
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -86,7 +86,7 @@ import torch
 torch.set_num_threads({torch.get_num_threads()})
 from workers import cascade as stages
 from workers.pipelines import load_cascade
-from workers.presets import StageParams, get_preset
+from core.presets import StageParams, get_preset
 params = {{name: StageParams(*values) for name, values in json.loads(sys.argv[2]).items()}}
 cascade = load_cascade(get_preset("tiny"), Path(sys.argv[1]))
 outputs = stages.run_direct(cascade, {PROMPT!r}, {NEGATIVE!r}, num_images=1, seed={SEED},

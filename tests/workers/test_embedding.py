@@ -14,9 +14,9 @@ import PIL.Image
 import PIL.ImageDraw
 import pytest
 
+from core.presets import PRESETS, get_preset
 from workers.embedding import embed_images, embed_texts
 from workers.pipelines import ModelsNotFoundError
-from workers.presets import PRESETS, get_preset
 from workers.vision_models import Embedder, get_embedder, load_embedder
 
 TEXTS = [

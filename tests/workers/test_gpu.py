@@ -6,9 +6,9 @@ from pathlib import Path
 import pytest
 import torch
 
+from core.presets import StageParams, get_preset
 from workers import cascade as stages
 from workers.pipelines import load_cascade, pick_device
-from workers.presets import StageParams, get_preset
 from workers.tiny_models import build_tiny
 
 pytestmark = [

@@ -7,8 +7,9 @@ from types import ModuleType
 
 import pytest
 
+from core.presets import PRESETS, Preset, StageSpec, get_preset
+from core.routing import generate_stages, stage_task
 from tests.servers import System
-from workers.presets import PRESETS, Preset, StageSpec, get_preset
 
 
 @pytest.fixture(scope="module")
@@ -35,8 +36,8 @@ def test_toy_is_a_two_stage_cascade() -> None:
     )
 
 
-def test_stage_kinds_decide_tasks_and_queues(dispatch: ModuleType) -> None:
-    assert dispatch.generate_stages(get_preset("toy"), 128, caption=True, index=True) == [
+def test_stage_kinds_decide_tasks_and_queues() -> None:
+    assert generate_stages(get_preset("toy"), 128, caption=True, index=True) == [
         ("encode_text", "text"),
         ("base_32", "base"),
         ("sr_128", "sr"),
@@ -44,9 +45,9 @@ def test_stage_kinds_decide_tasks_and_queues(dispatch: ModuleType) -> None:
         ("embed", "embed"),
     ]
     for preset in PRESETS.values():
-        assert dispatch.stage_task(preset, preset.base_stage.name) == ("imagen.base", "base")
+        assert stage_task(preset, preset.base_stage.name) == ("imagen.base", "base")
         for spec in preset.stages[1:]:
-            assert dispatch.stage_task(preset, spec.name) == ("imagen.sr", "sr")
+            assert stage_task(preset, spec.name) == ("imagen.sr", "sr")
 
 
 def test_the_chain_runs_the_presets_stages_then_finalizes(dispatch: ModuleType) -> None:
@@ -59,9 +60,9 @@ def test_the_chain_runs_the_presets_stages_then_finalizes(dispatch: ModuleType) 
     ]
 
 
-def test_a_stage_of_another_preset_has_no_task(dispatch: ModuleType) -> None:
+def test_a_stage_of_another_preset_has_no_task() -> None:
     with pytest.raises(ValueError, match="sr_256"):
-        dispatch.stage_task(get_preset("toy"), "sr_256")
+        stage_task(get_preset("toy"), "sr_256")
 
 
 def _sr(name: str, resolution: int, **changes: object) -> StageSpec:

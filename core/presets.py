@@ -8,8 +8,11 @@ from that.
 from __future__ import annotations
 
 import itertools
+from collections.abc import Mapping
 from dataclasses import KW_ONLY, dataclass
-from typing import Literal, get_args
+from typing import Literal, Protocol, get_args
+
+from core.limits import MAX_NOISE_LEVEL
 
 StageKind = Literal["if", "if_sr", "sd_upscale"]
 """The pipeline a stage runs: `if` an IFPipeline (the base stage, text to image), `if_sr` an
@@ -28,6 +31,19 @@ class StageParams:
     steps: int
     guidance_scale: float
     noise_level: int | None = None
+
+
+class StageOverrides(Protocol):
+    """Parameters a caller chose for a stage; None leaves one to the stage's default."""
+
+    @property
+    def steps(self) -> int | None: ...
+
+    @property
+    def guidance_scale(self) -> float | None: ...
+
+    @property
+    def noise_level(self) -> int | None: ...
 
 
 @dataclass(frozen=True)
@@ -118,6 +134,8 @@ class Preset:
                     f"preset {self.name!r}: stage {spec.name} ({spec.kind}) must have"
                     f" {'no' if spec.is_base else 'a default and a maximum'} noise level, got {noise}"
                 )
+            if (spec.max_noise_level or 0) > MAX_NOISE_LEVEL:
+                raise ValueError(f"preset {self.name!r}: stage {spec.name} caps noise above {MAX_NOISE_LEVEL}")
 
     @property
     def embedder_id(self) -> str:
@@ -139,9 +157,36 @@ class Preset:
             raise ValueError(f"resolution must be one of {resolutions}, got {resolution!r}")
         return self.stages[: resolutions.index(resolution) + 1]
 
+    def final_stage(self, resolution: int) -> StageSpec:
+        """The stage whose images a request of `resolution` gets: the last one that runs."""
+        return self.stages_up_to(resolution)[-1]
+
     def default_params(self) -> dict[str, StageParams]:
         """Each stage's default parameters, by stage name."""
         return {spec.name: spec.default_params() for spec in self.stages}
+
+    def resolve_params(
+        self, resolution: int, chosen: Mapping[str, StageOverrides] | None = None
+    ) -> dict[str, StageParams]:
+        """The parameters of every stage that runs for `resolution`, by stage name: what `chosen` (by stage
+        name) sets, else the stage's default. A base stage never gets a noise level."""
+        chosen = chosen or {}
+        names = [spec.name for spec in self.stages]
+        unknown = sorted(set(chosen) - set(names))
+        if unknown:
+            raise ValueError(f"params has unknown stages {unknown}; allowed: {names}")
+        resolved: dict[str, StageParams] = {}
+        for spec in self.stages_up_to(resolution):
+            given = chosen.get(spec.name)
+            steps = given.steps if given is not None and given.steps is not None else spec.default_steps
+            guidance = given.guidance_scale if given is not None else None
+            noise = given.noise_level if given is not None else None
+            resolved[spec.name] = StageParams(
+                steps,
+                spec.default_guidance if guidance is None else guidance,
+                None if spec.is_base else (spec.default_noise_level if noise is None else noise),
+            )
+        return resolved
 
     @property
     def base_stage(self) -> StageSpec:

@@ -1,0 +1,74 @@
+"""Job events: the webhook outbox, written in the state change's transaction, and the live stream.
+
+A state change records its events on a ``JobEvents`` while its transaction is open; after the commit,
+``publish`` appends them to the job's Redis stream (what ``GET /v1/jobs/{id}/events`` reads) and hands
+each webhook delivery to ``deliver`` (the dispatcher's ``enqueue_delivery``). If Redis is down at that
+moment nothing is lost: the outbox rows are in Postgres (the sweeper enqueues them), and the event
+stream falls back to the job's row.
+"""
+
+import uuid
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
+from sqlalchemy.orm import Session
+
+from core.config import get_settings
+from core.job_view import JobPublic
+from core.live_events import append_live
+from core.statuses import JobStatus
+from db.models import Job, JobStage
+from db.webhooks import record_event
+
+if TYPE_CHECKING:
+    from storage.object_store import ObjectStore
+
+
+class JobEvents:
+    """Events of state changes made in one transaction, published once it committed.
+
+    ``store`` signs the image URLs of the job snapshot that each webhook event carries.
+    """
+
+    def __init__(self, session: Session, store: "ObjectStore") -> None:
+        self.session = session
+        self.store = store
+        self._live: list[tuple[uuid.UUID, str, dict[str, Any]]] = []
+        self._deliveries: list[uuid.UUID] = []
+
+    def _webhook(self, job: Job, type: str, **extra: Any) -> None:
+        if not job.webhook:
+            return
+        self.session.flush()
+        snapshot = JobPublic.from_row(job, self.store, get_settings().presign_ttl_s).model_dump(mode="json")
+        event = record_event(self.session, job=job, type=type, payload={"type": type, **extra, "data": snapshot})
+        if event is not None:
+            self._deliveries.append(event.id)
+
+    def started(self, job: Job) -> None:
+        self._live.append((job.id, "status", {"status": str(job.status)}))
+        self._webhook(job, "job.started")
+
+    def stage_running(self, job: Job, stage: JobStage) -> None:
+        self._live.append(
+            (job.id, "stage", {"name": stage.name, "status": str(stage.status), "attempts": stage.attempts})
+        )
+
+    def stage_done(self, job: Job, stage: JobStage) -> None:
+        self._live.append(
+            (job.id, "stage", {"name": stage.name, "status": str(stage.status), "duration_ms": stage.duration_ms})
+        )
+        self._webhook(job, "job.stage", stage=stage.name)
+
+    def finished(self, job: Job) -> None:
+        status = JobStatus(job.status)
+        self._live.append((job.id, "status", {"status": str(status), "error": job.error}))
+        self._live.append((job.id, "done", {"status": str(status)}))
+        self._webhook(job, f"job.{status}")
+
+    def publish(self, deliver: Callable[[uuid.UUID], object]) -> None:
+        """After the commit: the live stream, then the webhook deliveries."""
+        for job_id, event, data in self._live:
+            append_live(job_id, event, data)
+        for event_id in self._deliveries:
+            deliver(event_id)
