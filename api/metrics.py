@@ -13,18 +13,17 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Histo
 from prometheus_client.registry import Collector, CollectorRegistry
 from prometheus_client.utils import floatToGoString
 from redis.exceptions import RedisError
-from sqlalchemy import text
 from sqlalchemy.exc import SQLAlchemyError
 
-from api.schemas import JOB_KINDS
+from core.job_input import JOB_KINDS
+from core.model_loads import MODEL_LOADS_KEY, parse_model_load_field
 from core.redis_client import get_redis
+from core.routing import QUEUES
 from db import metrics as queries
 from db.models import JobStatus
 from db.session import new_session
 from db.webhooks import DeliveryStatus
 from workers.celery_app import app as celery_app
-from workers.model_loads import MODEL_LOADS_KEY, parse_model_load_field
-from workers.queues import QUEUES
 
 log = logging.getLogger(__name__)
 
@@ -64,8 +63,7 @@ class SystemCollector(Collector):
     def _database_families(self) -> Iterator[Metric]:
         session = new_session()
         try:
-            session.execute(text("SET TRANSACTION READ ONLY"))
-            session.execute(text(f"SET LOCAL statement_timeout = {_STATEMENT_TIMEOUT_MS}"))
+            queries.begin_scrape(session, timeout_ms=_STATEMENT_TIMEOUT_MS)
             jobs = queries.job_counts(session)
             durations = queries.stage_duration_histograms(session, bounds=STAGE_DURATION_BUCKETS)
             waits = queries.stage_queue_wait_histograms(session, bounds=QUEUE_WAIT_BUCKETS)

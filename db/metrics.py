@@ -8,7 +8,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import ColumnElement, SQLColumnExpression, func, select
+from sqlalchemy import ColumnElement, SQLColumnExpression, func, select, text
 from sqlalchemy.orm import Session
 
 from db.models import Job, JobStage, StageStatus, WebhookAttempt, WebhookEvent
@@ -22,6 +22,12 @@ class HistogramRow:
     cumulative: tuple[int, ...]
     count: int
     sum: float
+
+
+def begin_scrape(session: Session, *, timeout_ms: int) -> None:
+    """Make the session's transaction read-only, and drop any statement in it that runs past ``timeout_ms``."""
+    session.execute(text("SET TRANSACTION READ ONLY"))
+    session.execute(text(f"SET LOCAL statement_timeout = {int(timeout_ms)}"))
 
 
 def job_counts(session: Session) -> dict[tuple[str, str], int]:

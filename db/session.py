@@ -4,7 +4,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from functools import lru_cache
 
-from sqlalchemy import Engine, create_engine
+from sqlalchemy import Engine, create_engine, text
 from sqlalchemy.orm import Session, sessionmaker
 
 from core.config import get_settings
@@ -44,3 +44,9 @@ def session_scope() -> Iterator[Session]:
 def new_session() -> Session:
     """A bare session; the caller commits and closes it."""
     return _session_factory()()
+
+
+def ping() -> None:
+    """One round trip to the database; raises if it does not answer."""
+    with session_scope() as session:
+        session.execute(text("SELECT 1"))

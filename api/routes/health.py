@@ -5,10 +5,9 @@ from concurrent.futures import ThreadPoolExecutor, wait
 
 from fastapi import APIRouter
 from fastapi.responses import JSONResponse
-from sqlalchemy import text
 
 from core.redis_client import get_redis
-from db.session import session_scope
+from db.session import ping
 from storage.factory import process_store
 
 router = APIRouter(tags=["operations"])
@@ -26,11 +25,6 @@ def read_health() -> dict[str, str]:
     return {"status": "ok"}
 
 
-def _database() -> None:
-    with session_scope() as session:
-        session.execute(text("SELECT 1"))
-
-
 def _broker() -> None:
     get_redis().ping()
 
@@ -39,7 +33,7 @@ def _storage() -> None:
     process_store().ping()
 
 
-_CHECKS: dict[str, Callable[[], None]] = {"database": _database, "broker": _broker, "storage": _storage}
+_CHECKS: dict[str, Callable[[], None]] = {"database": ping, "broker": _broker, "storage": _storage}
 
 
 @router.get("/readyz")
