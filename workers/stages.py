@@ -19,7 +19,7 @@ from core.job_input import (
     GenerateSpec,
     IndexSpec,
 )
-from core.presets import get_preset
+from core.presets import StageParams, get_preset
 from core.routing import ENCODE_TEXT
 from db.session import session_scope
 from storage.factory import process_store
@@ -64,13 +64,10 @@ def base(run: StageRun) -> None:
     """Stage I: the job's images at the base resolution, each from its own seed."""
     from workers import cascade
 
-    spec = _generate_spec(run)
-    _check_stage_kind(run, base=True)
-    pipes: Any = load_cascade(run.preset, get_settings().resolved_models_dir)
-    params = spec.stages[run.stage]
+    spec, params, pipes, embeds = _cascade_inputs(run, base=True)
     images = cascade.run_base(
         pipes,
-        cascade.embeds_from_bytes(process_store().get(embeddings_key(run.job_id))),
+        embeds,
         num_images=spec.num_images,
         seed=spec.seed,
         steps=params.steps,
@@ -84,22 +81,19 @@ def super_resolve(run: StageRun) -> None:
     """A super-resolution stage: the previous stage's images upscaled, conditioned on the text."""
     from workers import cascade
 
-    spec = _generate_spec(run)
-    _check_stage_kind(run, base=False)
+    spec, params, pipes, embeds = _cascade_inputs(run, base=False)
     if run.previous_stage is None or run.previous_stage == ENCODE_TEXT:
         raise ValueError(f"stage {run.stage} needs an image stage before it, got {run.previous_stage!r}")
-    pipes: Any = load_cascade(run.preset, get_settings().resolved_models_dir)
+    assert params.noise_level is not None  # every super-resolution stage's is resolved at submission
     store = process_store()
     low_res = [
         cascade.png_to_image(store.get(image_key(run.job_id, run.previous_stage, i))) for i in range(spec.num_images)
     ]
-    params = spec.stages[run.stage]
-    assert params.noise_level is not None  # every super-resolution stage's is resolved at submission
     images = cascade.run_sr(
         pipes,
         run.stage,
         low_res,
-        cascade.embeds_from_bytes(store.get(embeddings_key(run.job_id))),
+        embeds,
         spec.prompt,
         spec.negative_prompt,
         seed=spec.seed,
@@ -202,12 +196,21 @@ def _final_image_keys(run: StageRun) -> list[str]:
     return [image_key(run.job_id, final.name, i) for i in range(run.spec.num_images)]
 
 
-def _check_stage_kind(run: StageRun, *, base: bool) -> None:
-    """A stage's task follows from its kind in the job's preset; a message for another kind is a mistake."""
-    spec = get_preset(run.preset).stage(run.stage)
-    if spec.is_base != base:
+def _cascade_inputs(run: StageRun, *, base: bool) -> tuple[GenerateSpec, StageParams, Any, Any]:
+    """A cascade stage's job input, its parameters, the resident cascade and the prompt's embeddings.
+
+    The stage's task follows from its kind in the job's preset: a message for another kind is a mistake.
+    """
+    from workers import cascade
+
+    spec = _generate_spec(run)
+    stage = get_preset(run.preset).stage(run.stage)
+    if stage.is_base != base:
         task = "base" if base else "super-resolution"
-        raise ValueError(f"stage {run.stage} of preset {run.preset!r} is of kind {spec.kind!r}, not a {task} stage")
+        raise ValueError(f"stage {run.stage} of preset {run.preset!r} is of kind {stage.kind!r}, not a {task} stage")
+    pipes = load_cascade(run.preset, get_settings().resolved_models_dir)
+    embeds = cascade.embeds_from_bytes(process_store().get(embeddings_key(run.job_id)))
+    return spec, spec.stages[run.stage], pipes, embeds
 
 
 def _store_pngs(run: StageRun, images: list[Any], spec: GenerateSpec) -> None:
