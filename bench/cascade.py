@@ -93,11 +93,10 @@ def _direct_runner(models_dir: Path, threads: int, preset: Preset) -> Callable[[
     torch.set_num_threads(threads)
     build_preset(preset, models_dir)
     cascade = get_cascade(preset.name, models_dir)
-    params = preset.default_params()
 
     def run(seed: int) -> float:
         start = time.perf_counter()
-        run_direct(cascade, PROMPT, num_images=1, seed=seed, resolution=preset.final_resolution, params=params)
+        run_direct(cascade, PROMPT, num_images=1, seed=seed, resolution=preset.final_resolution)
         return time.perf_counter() - start
 
     run(0)  # warm-up

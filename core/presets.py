@@ -66,10 +66,6 @@ class StageSpec:
         """Whether this stage makes images from text alone (the first stage of a preset)."""
         return self.kind == BASE_KIND
 
-    def default_params(self) -> StageParams:
-        """The parameters a request that names none of its own gets."""
-        return StageParams(self.default_steps, self.default_guidance, self.default_noise_level)
-
 
 @dataclass(frozen=True)
 class ModelSpec:
@@ -160,10 +156,6 @@ class Preset:
     def final_stage(self, resolution: int) -> StageSpec:
         """The stage whose images a request of `resolution` gets: the last one that runs."""
         return self.stages_up_to(resolution)[-1]
-
-    def default_params(self) -> dict[str, StageParams]:
-        """Each stage's default parameters, by stage name."""
-        return {spec.name: spec.default_params() for spec in self.stages}
 
     def resolve_params(
         self, resolution: int, chosen: Mapping[str, StageOverrides] | None = None
