@@ -1,12 +1,13 @@
 """Request and response schemas, separate from the ORM rows. Validation lives here."""
 
 import json
+import math
 import uuid
 from collections.abc import Callable
 from datetime import datetime
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator
 
 from api.images import ImageInput
 from core.job_input import DEFAULT_COLLECTION, DEFAULT_MAX_NEW_TOKENS, DEFAULT_NUM_BEAMS
@@ -24,6 +25,35 @@ from core.limits import (
     MAX_STEPS,
 )
 from core.presets import PRESETS, Preset, StageKind
+
+
+def _storable(value: str) -> str:
+    # Postgres keeps no NUL character in text or JSONB: such a request would fail at the insert.
+    if "\x00" in value:
+        raise ValueError("must not contain the NUL character (\\u0000)")
+    return value
+
+
+def _storable_json(value: Any, path: str = "") -> None:
+    """A ValueError naming where ``value`` holds what JSONB cannot: a NUL character, NaN or an infinity."""
+    if isinstance(value, str):
+        if "\x00" in value:
+            raise ValueError(f"{path or 'a value'} contains the NUL character (\\u0000), which cannot be stored")
+    elif isinstance(value, float):
+        if not math.isfinite(value):
+            raise ValueError(f"{path or 'a value'} is {value}; only finite numbers can be stored")
+    elif isinstance(value, dict):
+        for key, item in value.items():
+            if "\x00" in key:
+                raise ValueError("a key contains the NUL character (\\u0000), which cannot be stored")
+            _storable_json(item, f"{path}.{key}" if path else key)
+    elif isinstance(value, list):
+        for index, item in enumerate(value):
+            _storable_json(item, f"{path}[{index}]")
+
+
+# Request text that will be stored.
+StoredText = Annotated[str, AfterValidator(_storable)]
 
 
 def _not_blank(value: str | None) -> str | None:
@@ -75,8 +105,8 @@ RESOLUTION_DESCRIPTION = (
 class GenerateInput(_Strict):
     """What to draw, and how."""
 
-    prompt: str = Field(min_length=1, max_length=MAX_PROMPT_CHARS)
-    negative_prompt: str | None = Field(default=None, max_length=MAX_PROMPT_CHARS)
+    prompt: StoredText = Field(min_length=1, max_length=MAX_PROMPT_CHARS)
+    negative_prompt: StoredText | None = Field(default=None, max_length=MAX_PROMPT_CHARS)
     num_images: int = Field(default=1, ge=1, le=MAX_IMAGES_PER_JOB)
     seed: int | None = Field(default=None, ge=0, le=MAX_SEED, description="fixes the output; random if omitted")
     resolution: int | None = Field(default=None, description=RESOLUTION_DESCRIPTION)
@@ -106,7 +136,7 @@ class IndexInput(_Strict):
     """An image (and optional text) to add to the tenant's search index."""
 
     image: ImageInput
-    text: str | None = Field(default=None, min_length=1, max_length=MAX_PROMPT_CHARS)
+    text: StoredText | None = Field(default=None, min_length=1, max_length=MAX_PROMPT_CHARS)
     collection: str = Field(default=DEFAULT_COLLECTION, pattern=COLLECTION_PATTERN)
 
     _text_has_words = field_validator("text")(classmethod(lambda cls, v: _not_blank(v)))
@@ -118,7 +148,7 @@ WebhookEventName = Literal["started", "stage", "completed"]
 class WebhookSpec(_Strict):
     """Where to POST the job's events (signed per the Standard Webhooks spec), and which ones."""
 
-    url: str = Field(min_length=1, max_length=2048)
+    url: StoredText = Field(min_length=1, max_length=2048)
     events: list[WebhookEventName] = Field(default=["started", "stage", "completed"], min_length=1, max_length=3)
 
 
@@ -130,6 +160,7 @@ class _JobCreateBase(_Strict):
     @field_validator("metadata")
     @classmethod
     def _metadata_is_small(cls, value: dict[str, Any]) -> dict[str, Any]:
+        _storable_json(value)
         size = len(json.dumps(value))
         if size > MAX_METADATA_BYTES:
             raise ValueError(f"is {size} bytes as JSON; at most {MAX_METADATA_BYTES} are allowed")
@@ -158,7 +189,7 @@ JobCreate = Annotated[GenerateJobCreate | CaptionJobCreate | IndexJobCreate, Fie
 class SearchRequest(_Strict):
     """The body of ``POST /v1/search``: a text or an image query."""
 
-    text: str | None = Field(default=None, min_length=1, max_length=MAX_PROMPT_CHARS)
+    text: StoredText | None = Field(default=None, min_length=1, max_length=MAX_PROMPT_CHARS)
     image: ImageInput | None = None
 
     _text_has_words = field_validator("text")(classmethod(lambda cls, v: _not_blank(v)))

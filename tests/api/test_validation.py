@@ -1,5 +1,6 @@
 """Bad input gets a 4xx whose error names the problem; none of it is a 5xx."""
 
+import json
 from typing import Any
 
 import httpx
@@ -39,12 +40,21 @@ CASES = [
     ("unknown field", _body(promt="typo"), 422, "input.promt"),
     ("priority 10", {**_body(), "priority": 10}, 422, "priority"),
     ("prompt not a string", _body(prompt=42), 422, "input.prompt"),
+    # Postgres stores no NUL character in text or JSONB: refused up front, never a 500.
+    ("NUL in the prompt", _body(prompt="a corgi\x00"), 422, "input.prompt"),
+    ("NUL in the negative prompt", _body(negative_prompt="\x00"), 422, "input.negative_prompt"),
+    ("NUL in a metadata value", {**_body(), "metadata": {"user": ["u-17\x00"]}}, 422, "metadata"),
+    ("NUL in a metadata key", {**_body(), "metadata": {"us\x00er": 1}}, 422, "metadata"),
+    ("NaN in metadata", {**_body(), "metadata": {"score": float("nan")}}, 422, "metadata"),
+    ("Infinity in metadata", {**_body(), "metadata": {"nested": {"score": float("inf")}}}, 422, "metadata"),
 ]
 
 
 @pytest.mark.parametrize(("name", "body", "status", "field"), CASES, ids=[c[0] for c in CASES])
 def test_bad_input_names_the_field(client: Client, name: str, body: dict[str, Any], status: int, field: str) -> None:
-    response = client.http.post("/v1/jobs", json=body)
+    # Encoded here: Python's JSON writes NaN and Infinity (as some clients do), httpx's refuses them.
+    content = json.dumps(body)
+    response = client.http.post("/v1/jobs", content=content, headers={"Content-Type": "application/json"})
     assert response.status_code == status, response.text
     error = response.json()["error"]
     assert error["field"] == field
