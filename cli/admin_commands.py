@@ -98,10 +98,16 @@ def quota_value(text: str) -> int | None:
     """A quota on the command line: a number (<= 0: unlimited) or 'default'."""
     if text == "default":
         return None
+    from core.limits import parse_quota
+
     try:
-        return int(text)
+        int(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"a whole number or 'default', got {text!r}") from None
+    try:
+        return parse_quota(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
 
 
 def _raw_limit(value: int | None) -> str:

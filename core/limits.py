@@ -18,6 +18,8 @@ MAX_BEAMS = 8
 # Images or texts in one forward pass of the captioner or the embedder.
 MAX_BATCH = 64
 MAX_METADATA_BYTES = 16_384
+# Quotas are Postgres integers (a value <= 0 means unlimited).
+MAX_QUOTA = 2**31 - 1
 MAX_SEARCH_RESULTS = 100
 
 
@@ -48,3 +50,14 @@ def check_text(name: str, value: object, *, allow_empty: bool = False) -> None:
         raise ValueError(f"{name} must not be empty")
     if len(value) > MAX_PROMPT_CHARS:
         raise ValueError(f"{name} must be at most {MAX_PROMPT_CHARS} characters, got {len(value)}")
+
+
+def parse_quota(text: str) -> int:
+    """A quota written as a whole number that the database can hold; a ValueError saying what is allowed."""
+    try:
+        value = int(text.strip())
+    except ValueError:
+        raise ValueError(f"a quota is a whole number, got {text!r}") from None
+    if not -MAX_QUOTA - 1 <= value <= MAX_QUOTA:
+        raise ValueError(f"a quota is at most {MAX_QUOTA} (0 or less: unlimited), got {value}")
+    return value

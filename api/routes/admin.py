@@ -31,6 +31,7 @@ from core.config import Settings
 from core.errors import DomainError
 from core.job_input import JOB_KINDS
 from core.job_view import JobPublic
+from core.limits import MAX_QUOTA, parse_quota
 from db import dashboard
 from db import jobs as job_queries
 from db import tenants as tenant_queries
@@ -337,7 +338,7 @@ def revoke_key(key_id: str, form: AdminFormDep, session: SessionDep) -> Response
 def _quota_value(raw: str) -> int | None:
     """A quota field: blank is the deployment's default, else a whole number (0 or less: unlimited)."""
     raw = raw.strip()
-    return int(raw) if raw else None
+    return parse_quota(raw) if raw else None
 
 
 @router.post("/tenants/{name}/quota", response_class=HTMLResponse)
@@ -358,7 +359,7 @@ def update_quota(
             session,
             settings,
             status_code=422,
-            error="Quotas are whole numbers (0 for unlimited), or blank for the default.",
+            error=f"Quotas are whole numbers up to {MAX_QUOTA} (0 for unlimited), or blank for the default.",
         )
     tenant_queries.set_quota(session, tenant=tenant, requests_per_minute=rpm, max_jobs_in_flight=in_flight)
     session.commit()

@@ -110,6 +110,24 @@ def test_tenants_page_creates_a_key_shown_once(admin: httpx.Client, system: Syst
     assert f'data-tenant="{name}"' in admin.get("/admin/tenants").text
 
 
+def test_a_quota_past_what_the_database_holds_is_refused_on_the_page(admin: httpx.Client) -> None:
+    page = admin.get("/admin/tenants")
+    name = f"quota-{uuid.uuid4().hex[:6]}"
+    assert admin.post("/admin/tenants", data={"csrf": _csrf(page.text), "name": name}).status_code == 200
+    for value in ("2147483648", "-2147483649", "1e9"):
+        refused = admin.post(
+            f"/admin/tenants/{name}/quota",
+            data={"csrf": _csrf(page.text), "requests_per_minute": value, "max_jobs_in_flight": ""},
+        )
+        assert refused.status_code == 422, (value, refused.status_code)
+        assert "2147483647" in refused.text
+    kept = admin.post(
+        f"/admin/tenants/{name}/quota",
+        data={"csrf": _csrf(page.text), "requests_per_minute": "2147483647", "max_jobs_in_flight": "0"},
+    )
+    assert kept.status_code == 303
+
+
 def test_logout_ends_the_session(system: System) -> None:
     with httpx.Client(base_url=system.api_url, timeout=30) as browser:
         browser.post("/admin/login", data={"key": _new_admin_key()})

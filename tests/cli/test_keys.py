@@ -91,3 +91,5 @@ def test_tenants_list_and_set_quota(system: System) -> None:
     assert _cli(system, "tenants", "set-quota", tenant).returncode == 2
     bad = _cli(system, "tenants", "set-quota", tenant, "--max-jobs-in-flight", "lots")
     assert bad.returncode == 2 and "a whole number or 'default'" in bad.stderr
+    huge = _cli(system, "tenants", "set-quota", tenant, "--max-jobs-in-flight", "99999999999")
+    assert huge.returncode == 2 and "2147483647" in huge.stderr
