@@ -52,6 +52,10 @@ class Settings(BaseSettings):
     max_attempts: int = 3
     sweep_interval_s: float = 15.0
     requeue_after_s: float = 60.0
+    # A live job with no running stage that has shown no sign of life for this long (nothing queued,
+    # finished or sent) has lost its message: the sweeper sends it again, in the same generation, so a
+    # message that was only slow (a long queue) stays valid and runs the stage once.
+    stranded_after_s: float = 600.0
     stage_time_limit_s: int = 3600
 
     @property

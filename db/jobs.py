@@ -322,6 +322,34 @@ def active_jobs_for_sweep(
     return list(session.scalars(query))
 
 
+def stranded_jobs(session: Session, *, quiet_before: datetime, limit: int) -> list[Job]:
+    """Live jobs on record as sent that show no sign of life since ``quiet_before``: no stage running, none
+    queued, finished or beating since, and not sent again since. Their message was lost after it was sent
+    (a chain's next link or a retry that could not be published, a task that died before its claim).
+    Locked so that concurrent sweepers skip them."""
+    busy_stage = (
+        select(JobStage.id)
+        .where(
+            JobStage.job_id == Job.id,
+            or_(
+                JobStage.status == StageStatus.RUNNING,
+                JobStage.queued_at >= quiet_before,
+                JobStage.finished_at >= quiet_before,
+                JobStage.heartbeat_at >= quiet_before,
+            ),
+        )
+        .exists()
+    )
+    query = select(Job).where(
+        Job.status.in_(ACTIVE),
+        Job.cancel_requested.is_(False),
+        Job.dispatched_at < quiet_before,
+        ~busy_stage,
+    )
+    query = query.order_by(Job.created_at).limit(limit).with_for_update(skip_locked=True)
+    return list(session.scalars(query))
+
+
 def cancel_requested_orphans(session: Session, *, stale_before: datetime) -> list[Job]:
     """Jobs asked to cancel whose running stage stopped beating: nobody is left to notice the flag."""
     stale_stage = (

@@ -158,6 +158,7 @@ class System:
             # Fast fault handling, so the fault tests take seconds.
             "IMAGEN_SWEEP_INTERVAL_S": "1",
             "IMAGEN_REQUEUE_AFTER_S": "4",
+            "IMAGEN_STRANDED_AFTER_S": "3",
             "IMAGEN_MAX_ATTEMPTS": "3",
             # Webhooks to the tests' loopback receivers, on a schedule of fractions of a second.
             "IMAGEN_WEBHOOK_ALLOW_PRIVATE": "true",

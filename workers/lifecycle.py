@@ -28,6 +28,7 @@ from core.redis_client import cancel_key, get_redis
 from core.statuses import JobStatus, StageStatus
 from db import jobs as job_queries
 from db.events import JobEvents
+from db.models import JobStage
 from db.session import session_scope
 from storage.errors import StoreUnavailable
 from storage.factory import process_store
@@ -173,7 +174,13 @@ def _claim(job_id: uuid.UUID, stage_name: str, seq: int) -> StageRun | None:
             stage = job.stage(stage_name)
             if stage.status == StageStatus.SUCCEEDED:
                 return None
-            if stage.attempts >= max_attempts:
+            if _running_elsewhere(stage):
+                # Another worker runs it right now (this is a redelivery or a resend): running it here too
+                # would do the work twice. Should that worker die, its heartbeat stops and the sweeper
+                # sends the job again.
+                log.info("job %s: %s is running elsewhere; dropping this message", job_id, stage_name)
+                stop = True
+            elif stage.attempts >= max_attempts:
                 reason = stage.error or "its worker stopped before it finished"
                 stage.status = StageStatus.FAILED
                 job_queries.finish_job(
@@ -205,6 +212,12 @@ def _claim(job_id: uuid.UUID, stage_name: str, seq: int) -> StageRun | None:
     if stop or run is None:
         raise Ignore()
     return run
+
+
+def _running_elsewhere(stage: JobStage) -> bool:
+    """Whether a worker is running ``stage`` now: it is marked running and its heartbeat is fresh."""
+    fresh_after = job_queries.stale_seconds_ago(get_settings().requeue_after_s)
+    return stage.status == StageStatus.RUNNING and stage.heartbeat_at is not None and stage.heartbeat_at > fresh_after
 
 
 def _complete(run: StageRun, seq: int) -> None:

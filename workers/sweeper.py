@@ -45,6 +45,7 @@ def sweep_lost_jobs() -> list[uuid.UUID]:
     """One sweep; returns the ids of the jobs it enqueued again."""
     settings = get_settings()
     jobs: list[Job] = []
+    stranded: list[Job] = []
     with job_transaction() as (session, events):
         if not job_queries.try_sweep_lock(session):
             return []
@@ -67,10 +68,16 @@ def sweep_lost_jobs() -> list[uuid.UUID]:
             if running:
                 running[0].error = "its worker stopped answering; enqueued again"
             plan_redispatch(job)
+        if not everything:
+            quiet_before = job_queries.stale_seconds_ago(settings.stranded_after_s)
+            stranded = job_queries.stranded_jobs(session, quiet_before=quiet_before, limit=_BATCH)
     if everything and jobs:
         log.warning("the broker came back empty: enqueuing %d live jobs again", len(jobs))
+    for job in stranded:
+        log.warning("job %s has shown no sign of life for %.0f s: sending it again", job.id, settings.stranded_after_s)
     # Each job's new generation is committed before it is sent; the rows stay loaded (no expiry on commit).
+    # A stranded job keeps its generation: its lost message, should it turn up after all, still counts.
     with session_scope() as session:
-        for job in jobs:
+        for job in (*jobs, *stranded):
             dispatch_job(session, job)
-    return [job.id for job in jobs]
+    return [job.id for job in (*jobs, *stranded)]

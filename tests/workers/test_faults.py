@@ -123,3 +123,72 @@ def test_stage_that_keeps_dying_fails_the_job_with_its_reason(
     client.wait_stage(job["id"], "base_64", min_progress=0.001, timeout_s=90)
     client.http.post(f"/v1/jobs/{job['id']}/cancel")
     assert client.wait(job["id"])["status"] == "canceled"
+
+
+def test_a_job_whose_message_was_lost_after_dispatch_is_sent_again(system: System, client: Client) -> None:
+    """A job on record as sent whose message no worker will ever see (a chain's next link or a retry that
+    could not be published, a task that died before its claim) is sent again once it has been quiet for
+    IMAGEN_STRANDED_AFTER_S: in the same generation, so a message that was only slow stays valid."""
+    from core.job_input import GenerateSpec, stored_input
+    from core.presets import StageParams, get_preset
+    from core.redis_client import get_redis
+    from core.routing import generate_stages
+    from db import jobs as job_queries
+    from db import tenants
+    from db.session import session_scope
+    from workers.sweeper import BROKER_MARKER_KEY
+
+    # A sweep that finds the broker new re-sends every live job anyway: wait until that one has passed.
+    wait_until(lambda: get_redis().exists(BROKER_MARKER_KEY), 30, "the first sweep")
+
+    tiny = get_preset("tiny")
+    spec = GenerateSpec(
+        prompt="a corgi nobody sent",
+        num_images=1,
+        seed=41,
+        resolution=64,
+        stages=tiny.resolve_params(64, {"base_64": StageParams(2, 7.0)}),
+    )
+    token = client.http.headers["Authorization"].removeprefix("Bearer ")
+    with session_scope() as session:
+        key = tenants.find_api_key(session, key=token)
+        assert key is not None
+        job = job_queries.create_job(
+            session,
+            tenant_id=key.tenant_id,
+            kind="generate",
+            preset=tiny.name,
+            input=stored_input(spec),
+            stages=generate_stages(tiny, 64),
+        )
+        job.stages[0].queued_at = job.dispatched_at = job_queries.now()  # sent, as far as the row knows
+        job_id = job.id
+
+    done = client.wait(str(job_id), timeout_s=60)
+    assert done["status"] == "succeeded", done
+    assert [s["attempts"] for s in done["stages"]] == [1, 1]
+    with session_scope() as session:
+        row = job_queries.get_job(session, job_id=job_id)
+        assert row is not None and row.dispatch_seq == 1, "sent again in its own generation"
+
+
+def test_a_duplicate_message_never_runs_a_stage_that_is_running(
+    system: System, client: Client, restore_worker: None
+) -> None:
+    """A second message for a running stage (the broker's redelivery after its visibility timeout, a resend)
+    finds the stage's heartbeat fresh and leaves it to the worker that runs it."""
+    from core.routing import BASE_TASK, TASK_QUEUES
+    from workers.celery_app import app
+
+    job = client.submit(seed=42, resolution=64, stages={"base": {"steps": 400}})
+    client.wait_stage(job["id"], "base_64", min_progress=0.01, timeout_s=60)
+    second = system.new_worker("worker-duplicate")
+    try:
+        wait_until(lambda: "ready" in second.log_tail(), 60, "the second worker to be ready")
+        app.send_task(BASE_TASK, args=(job["id"], "base_64", 1), queue=TASK_QUEUES[BASE_TASK], ignore_result=True)
+        wait_until(lambda: "imagen.base[" in second.log_tail(), 30, "the second worker to take the duplicate")
+        done = client.wait(job["id"], timeout_s=180)
+    finally:
+        second.stop()
+    assert done["status"] == "succeeded", done
+    assert done["stages"][1]["attempts"] == 1, "the duplicate did not claim the running stage"
