@@ -397,6 +397,8 @@ def _blocked_reason(address: Address) -> str | None:
         return "loopback"
     if address.is_link_local:
         return "link-local (cloud metadata)" if address == _METADATA_ADDRESS else "link-local"
+    if isinstance(address, IPv6Address) and address.is_site_local:
+        return "site-local"
     if address.is_multicast:
         return "multicast"
     if address in _SHARED_ADDRESS_SPACE:

@@ -42,6 +42,7 @@ REFUSED = [
     "https://[2002:7f00:1::]/",  # 6to4 of 127.0.0.1
     "https://[64:ff9b::a9fe:a9fe]/",  # NAT64 of 169.254.169.254
     "https://[fd00:ec2::254]/",  # the IPv6 metadata address of EC2
+    "https://[fec0::1]/",  # site-local: deprecated, yet routed inside some networks
     "https://224.0.0.1/",
     "https://240.0.0.1/",
     "https://2130706433/",  # 127.0.0.1 written as one number
