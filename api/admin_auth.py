@@ -64,7 +64,7 @@ def _key_id_of(settings: Settings, token: str) -> uuid.UUID | None:
     key_id, _, rest = token.partition(".")
     expires, _, signature = rest.partition(".")
     expected = _sign(signing_secret(settings), "admin-session", f"{key_id}.{expires}")
-    if not hmac.compare_digest(signature, expected):
+    if not _same(signature, expected):
         return None
     try:
         if int(expires) < time.time():
@@ -124,10 +124,15 @@ def _checked_form(
     admin: Annotated[AdminSession, Depends(_require_admin)],
     fields: Annotated[dict[str, str], Depends(read_form)],
 ) -> AdminForm:
-    if not hmac.compare_digest(fields.get(CSRF_FIELD, ""), admin.csrf):
+    if not _same(fields.get(CSRF_FIELD, ""), admin.csrf):
         raise HTTPException(status_code=403, detail="missing or wrong CSRF token; reload the page and try again")
     return AdminForm(session=admin, fields=fields)
 
 
 AdminSessionDep = Annotated[AdminSession, Depends(_require_admin)]
 AdminFormDep = Annotated[AdminForm, Depends(_checked_form)]
+
+
+def _same(given: str, expected: str) -> bool:
+    """A constant-time comparison that takes any text a client sends (compare_digest refuses non-ASCII str)."""
+    return hmac.compare_digest(given.encode("utf-8", "surrogateescape"), expected.encode())

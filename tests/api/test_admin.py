@@ -52,6 +52,15 @@ def test_login_refuses_a_non_admin_or_unknown_key(system: System) -> None:
         assert page.status_code == 303 and page.headers["location"] == "/admin/login"
 
 
+def test_a_forged_non_ascii_cookie_or_csrf_token_is_refused_not_a_500(admin: httpx.Client, system: System) -> None:
+    forged = "k.9999999999.caf\u00e9".encode("latin-1")
+    page = httpx.get(f"{system.api_url}/admin/jobs", headers={"Cookie": b"imagen_admin=" + forged}, timeout=30)
+    assert page.status_code == 303 and page.headers["location"] == "/admin/login"
+    job_id = "00000000-0000-0000-0000-000000000000"
+    refused = admin.post(f"/admin/jobs/{job_id}/cancel", data={"csrf": "caf\u00e9"})
+    assert refused.status_code == 403
+
+
 def test_overview_renders(admin: httpx.Client) -> None:
     page = admin.get("/admin")
     assert page.status_code == 200, page.text
