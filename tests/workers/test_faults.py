@@ -87,6 +87,7 @@ def test_restarted_broker_loses_no_job(
     assert [job["status"] for job in offline] == ["queued", "queued"]
     readiness = httpx.get(f"{system.api_url}/readyz", timeout=5)
     assert readiness.status_code == 503 and readiness.json()["checks"]["broker"].startswith("error")
+    assert "Error" not in readiness.text and "redis" not in readiness.text.lower(), "no internals to anonymous callers"
     search = client.http.post("/v1/search", json={"text": "a corgi"}, timeout=10)
     assert search.status_code == 503 and "unreachable" in search.json()["error"]["message"], search.text
 
