@@ -1,13 +1,17 @@
-"""Turn domain and validation errors into the contract's JSON error body."""
+"""Turn every error, expected or not, into the contract's JSON error body."""
 
+import logging
 from collections.abc import Mapping
 from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from sqlalchemy.exc import InterfaceError, OperationalError
+from sqlalchemy.exc import TimeoutError as PoolTimeout
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from api.request_guard import REQUEST_ID_HEADER, request_id_of
 from core.errors import (
     Conflict,
     DomainError,
@@ -19,6 +23,11 @@ from core.errors import (
     Unauthorized,
 )
 from core.job_input import JOB_KINDS
+from storage.errors import StoreUnavailable
+
+log = logging.getLogger(__name__)
+# How long a client should wait before it tries again after a dependency was unreachable.
+RETRY_AFTER_S = 5
 
 _STATUS = {
     NotFound: 404,
@@ -89,9 +98,32 @@ async def _validation_error(_: Request, exc: Exception) -> JSONResponse:
 
 async def _http_error(_: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, StarletteHTTPException)
-    code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "http_error")
+    code = {404: "not_found", 405: "method_not_allowed", 413: "payload_too_large"}.get(exc.status_code, "http_error")
+    field = "body" if exc.status_code == 413 else None
     return JSONResponse(
-        error_body(code, str(exc.detail)), status_code=exc.status_code, headers=getattr(exc, "headers", None)
+        error_body(code, str(exc.detail), field), status_code=exc.status_code, headers=getattr(exc, "headers", None)
+    )
+
+
+async def _unavailable(request: Request, exc: Exception) -> JSONResponse:
+    """The database or the object store did not answer: the request may succeed if tried again."""
+    what = "the object store" if isinstance(exc, StoreUnavailable) else "the database"
+    log.warning("request %s: %s is unavailable: %s: %s", request_id_of(request.scope), what, type(exc).__name__, exc)
+    return JSONResponse(
+        error_body("unavailable", f"{what} is unavailable right now; try again in a few seconds"),
+        status_code=503,
+        headers={"Retry-After": str(RETRY_AFTER_S)},
+    )
+
+
+async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
+    """Anything else: a 500 in the contract's shape, with the request id that finds it in the log."""
+    request_id = request_id_of(request.scope) or "-"
+    log.error("request %s failed: %s: %s", request_id, type(exc).__name__, exc, exc_info=exc)
+    return JSONResponse(
+        error_body("internal_error", f"the server failed on this request; quote request id {request_id}"),
+        status_code=500,
+        headers={REQUEST_ID_HEADER: request_id},
     )
 
 
@@ -100,3 +132,6 @@ def install_error_handlers(app: FastAPI) -> None:
     app.add_exception_handler(DomainError, _domain_error)
     app.add_exception_handler(RequestValidationError, _validation_error)
     app.add_exception_handler(StarletteHTTPException, _http_error)
+    for unavailable in (OperationalError, InterfaceError, PoolTimeout, StoreUnavailable):
+        app.add_exception_handler(unavailable, _unavailable)
+    app.add_exception_handler(Exception, _unexpected)
