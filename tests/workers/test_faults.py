@@ -1,5 +1,6 @@
 """Faults lose no job and no image: a SIGKILLed worker, a restarted (emptied) broker."""
 
+import time
 from collections.abc import Iterator
 
 import httpx
@@ -193,3 +194,24 @@ def test_a_duplicate_message_never_runs_a_stage_that_is_running(
         second.stop()
     assert done["status"] == "succeeded", done
     assert done["stages"][1]["attempts"] == 1, "the duplicate did not claim the running stage"
+
+
+def test_a_postgres_outage_strands_no_job_and_clients_get_a_503(system: System, client: Client) -> None:
+    """Postgres stops for a while under running jobs: clients get a 503 they may retry (never a 500 or a
+    hang), and once it is back every job finishes; none is left queued or running."""
+    jobs = [client.submit(seed=seed, resolution=64, stages={"base": {"steps": 30}}) for seed in (51, 52, 53)]
+    client.wait_stage(jobs[0]["id"], "base_64", timeout_s=60)
+    postgres = system.postgres
+    postgres.stop()
+    try:
+        during = client.http.post("/v1/jobs", json={"kind": "generate", "input": {"prompt": "x"}}, timeout=15)
+        assert during.status_code == 503, during.text
+        assert during.json()["error"]["code"] == "unavailable" and during.headers["retry-after"] == "5"
+        assert client.http.get(f"/v1/jobs/{jobs[1]['id']}", timeout=15).status_code == 503
+        time.sleep(8)  # the workers run into the outage: claims, progress and heartbeats fail
+    finally:
+        postgres.ensure_postgres_running()
+    for job in jobs:
+        done = client.wait(job["id"], timeout_s=120)
+        assert done["status"] == "succeeded", done
+    wait_until(lambda: httpx.get(f"{system.api_url}/readyz", timeout=10).status_code == 200, 30, "readiness")
