@@ -3,11 +3,14 @@
 Everything runs as its own process on loopback (or a unix socket), started from the project's wheels.
 """
 
+import contextlib
 import os
 import signal
+import socket
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from collections.abc import Mapping
 from pathlib import Path
@@ -77,6 +80,71 @@ class S3Server:
             stop_process(self.process)
 
 
+class TcpProxy:
+    """A loopback TCP forwarder in front of a server, which a test can take down and bring back: while it is
+    down, connections are refused (the listening port is closed) and open ones are cut, as when the server
+    restarts, but the server behind it keeps its data."""
+
+    def __init__(self, target_port: int) -> None:
+        self.target_port = target_port
+        self.port = free_port()
+        self.endpoint = f"127.0.0.1:{self.port}"
+        self._listener: socket.socket | None = None
+        self._open: set[socket.socket] = set()
+        self._lock = threading.Lock()
+
+    def up(self) -> None:
+        listener = socket.socket()
+        listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        listener.bind(("127.0.0.1", self.port))
+        listener.listen(64)
+        self._listener = listener
+        threading.Thread(target=self._accept, args=(listener,), daemon=True, name="proxy-accept").start()
+
+    def down(self) -> None:
+        listener, self._listener = self._listener, None
+        if listener is not None:
+            listener.close()
+        with self._lock:
+            for sock in self._open:
+                with contextlib.suppress(OSError):
+                    sock.shutdown(socket.SHUT_RDWR)
+                sock.close()
+            self._open.clear()
+
+    def _accept(self, listener: socket.socket) -> None:
+        while True:
+            try:
+                client, _ = listener.accept()
+            except OSError:
+                return  # closed by down()
+            try:
+                server = socket.create_connection(("127.0.0.1", self.target_port), timeout=5)
+            except OSError:
+                client.close()
+                continue
+            server.settimeout(None)
+            with self._lock:
+                self._open.update((client, server))
+            for source, sink in ((client, server), (server, client)):
+                threading.Thread(target=self._pipe, args=(source, sink), daemon=True, name="proxy-pipe").start()
+
+    def _pipe(self, source: socket.socket, sink: socket.socket) -> None:
+        try:
+            while data := source.recv(65536):
+                sink.sendall(data)
+        except OSError:
+            pass
+        finally:
+            # Either side ending ends the connection: both sockets close (a second close is harmless).
+            for sock in (source, sink):
+                with contextlib.suppress(OSError):
+                    sock.shutdown(socket.SHUT_RDWR)
+                sock.close()
+            with self._lock:
+                self._open.difference_update((source, sink))
+
+
 class ChildProcess:
     """One ``imagen-queue`` command running in the background, its output in a log file."""
 
@@ -127,6 +195,9 @@ class System:
         self.logs.mkdir()
         self.redis = RedisServer(self.root / "redis", port=free_port(), persistent=False)
         self.s3 = S3Server()
+        # The processes reach the store through a proxy that a test can take down, as a store restart
+        # would, without losing what is stored (moto keeps nothing once it stops).
+        self.s3_proxy = TcpProxy(self.s3.port)
         self.api_port = free_port()
         self.api_url = f"http://127.0.0.1:{self.api_port}"
         self.env: dict[str, str] = {}
@@ -143,12 +214,13 @@ class System:
         )
         self.redis.start()
         self.s3.start()
+        self.s3_proxy.up()
         self.env = {
             **os.environ,
             "IMAGEN_DATA_DIR": str(self.root / "data"),
             "IMAGEN_DATABASE_URL": database_url,
             "IMAGEN_REDIS_URL": self.redis.url,
-            "IMAGEN_S3_ENDPOINT": self.s3.endpoint,
+            "IMAGEN_S3_ENDPOINT": self.s3_proxy.endpoint,
             "IMAGEN_S3_ACCESS_KEY": "test-access",
             "IMAGEN_S3_SECRET_KEY": "test-secret",
             "IMAGEN_S3_BUCKET": "imagen-test",
@@ -214,6 +286,7 @@ class System:
             if child is not None:
                 child.stop()
         self.redis.stop()
+        self.s3_proxy.down()
         self.s3.stop()
         if self._pg is not None:
             self._pg.cleanup()

@@ -45,6 +45,10 @@ TRANSIENT_ERRORS: tuple[type[BaseException], ...] = (
     TimeoutError,
 )
 PROGRESS_INTERVAL_S = 0.25
+# A stage waits out a transient error with backoff (1, 2, 4, ... 60 s: about 7.5 minutes in all) before
+# its job fails; these retries are not attempts.
+MAX_TRANSIENT_RETRIES = 12
+MAX_BACKOFF_S = 60
 
 
 class StageCanceled(Exception):
@@ -89,14 +93,15 @@ def run_stage(
 ) -> None:
     """Claim, run, record: the life cycle every stage task shares."""
     jid = uuid.UUID(job_id)
-    preset = _peek_preset(jid)
-    if preset is None:
-        raise Ignore()
-    # Load the models before claiming, so a long first load is not mistaken for a dead worker.
-    load(preset, get_settings().resolved_models_dir)
     try:
+        preset = _peek_preset(jid)
+        if preset is None:
+            raise Ignore()
+        # Load the models before claiming, so a long first load is not mistaken for a dead worker.
+        load(preset, get_settings().resolved_models_dir)
         run = _claim(jid, stage_name, seq)
     except TRANSIENT_ERRORS as exc:
+        log.warning("job %s: %s could not start: %s: %s", job_id, stage_name, type(exc).__name__, exc)
         raise task.retry(exc=exc, countdown=_backoff(task)) from exc
     if run is None:
         log.info("job %s: %s already done; continuing", job_id, stage_name)
@@ -110,11 +115,18 @@ def run_stage(
         _cancel(jid)
         raise Ignore() from None
     except TRANSIENT_ERRORS as exc:
-        log.warning("job %s: %s hit a transient error: %s", job_id, stage_name, exc)
-        _fail(jid, stage_name, f"{type(exc).__name__}: {exc}", retryable=True)
+        will_retry = task.request.retries < MAX_TRANSIENT_RETRIES
+        log.warning("job %s: %s hit a transient error (retry %s): %s", job_id, stage_name, will_retry, exc)
+        try:
+            _fail(jid, stage_name, f"{type(exc).__name__}: {exc}", will_retry=will_retry)
+        except TRANSIENT_ERRORS as unrecorded:
+            # The database is down too: the stage stays marked running until its heartbeat goes stale.
+            log.warning("job %s: could not record the error of %s: %s", job_id, stage_name, unrecorded)
+        if not will_retry:
+            raise
         raise task.retry(exc=exc, countdown=_backoff(task)) from exc
     except Exception as exc:
-        _fail(jid, stage_name, f"{type(exc).__name__}: {exc}", retryable=False)
+        _fail(jid, stage_name, f"{type(exc).__name__}: {exc}", will_retry=False)
         raise
     _complete(run, seq)
     log.info("job %s: %s done in %.2f s", job_id, stage_name, time.monotonic() - started)
@@ -242,15 +254,17 @@ def _complete(run: StageRun, seq: int) -> None:
         raise Ignore()
 
 
-def _fail(job_id: uuid.UUID, stage_name: str, error: str, *, retryable: bool) -> None:
-    """Record a stage error: back to pending when it will be retried, else the job fails."""
+def _fail(job_id: uuid.UUID, stage_name: str, error: str, *, will_retry: bool) -> None:
+    """Record a stage error: back to pending when the task will retry it (a transient error, which does not
+    count as an attempt: an outage of the store or the database is no fault of the stage), else the job fails."""
     with job_transaction() as (session, events):
         job = job_queries.get_job(session, job_id=job_id, for_update=True)
         if job is None or JobStatus(job.status).is_terminal:
             return
         stage = job.stage(stage_name)
-        if retryable and stage.attempts < get_settings().max_attempts:
+        if will_retry:
             job_queries.mark_stage_pending(stage, error=error)
+            stage.attempts = max(stage.attempts - 1, 0)
             return
         stage.error = error
         job_queries.finish_job(job, JobStatus.FAILED, error=f"stage {stage_name} failed: {error}")
@@ -289,4 +303,5 @@ def _heartbeat(stage_id: uuid.UUID) -> Iterator[None]:
 
 
 def _backoff(task: Task) -> float:
-    return float(min(2**task.request.retries, 30))
+    """Seconds before the next try after a transient error: 1, 2, 4, ... up to a minute."""
+    return float(min(2**task.request.retries, MAX_BACKOFF_S))

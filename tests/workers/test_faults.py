@@ -215,3 +215,26 @@ def test_a_postgres_outage_strands_no_job_and_clients_get_a_503(system: System, 
         done = client.wait(job["id"], timeout_s=120)
         assert done["status"] == "succeeded", done
     wait_until(lambda: httpx.get(f"{system.api_url}/readyz", timeout=10).status_code == 200, 30, "readiness")
+
+
+def test_an_object_store_outage_burns_no_attempt(system: System, client: Client, s3: Minio) -> None:
+    """The store goes away for 15 s while a stage is about to write its images (as in a MinIO restart):
+    the stage waits it out with backoff, and the retries are not counted as attempts, so the job succeeds
+    with one attempt per stage and all its images stored."""
+    job = client.submit(seed=61, resolution=256, stages={"base": {"steps": 20}, "sr256": {"steps": 3}})
+    client.wait_stage(job["id"], "base_64", timeout_s=60)
+    system.s3_proxy.down()
+    try:
+        time.sleep(15)
+    finally:
+        system.s3_proxy.up()
+    done = client.wait(job["id"], timeout_s=180)
+    assert done["status"] == "succeeded", done
+    assert [s["attempts"] for s in done["stages"]] == [1, 1, 1]
+    assert object_keys(s3, job["id"]) == sorted(
+        [
+            f"jobs/{job['id']}/text/embeds.safetensors",
+            f"jobs/{job['id']}/base_64/0.png",
+            f"jobs/{job['id']}/sr_256/0.png",
+        ]
+    )
