@@ -15,6 +15,7 @@ from pathlib import Path
 
 import httpx
 
+from cli.supervisor import Supervisor
 from core.config import Settings
 
 log = logging.getLogger(__name__)
@@ -62,13 +63,6 @@ def _wait_ready(url: str, children: list[subprocess.Popen[bytes]], timeout_s: fl
             pass
         time.sleep(0.2)
     raise RuntimeError(f"the API at {url} was not ready within {timeout_s} s")
-
-
-def _spawn(name: str, args: list[str], env: dict[str, str], logs: Path) -> "subprocess.Popen[bytes]":
-    with open(logs / f"{name}.log", "ab") as log:  # the child keeps its own descriptor
-        return subprocess.Popen(
-            [sys.executable, "-m", "cli.main", *args], env=env, stdout=log, stderr=subprocess.STDOUT
-        )
 
 
 def _interrupt(*_: object) -> None:
@@ -143,62 +137,35 @@ def run_embedded(host: str, port: int) -> int:
     upgrade(database_url)
     key, created = _ensure_admin_key(settings, env)
 
-    children = [
-        _spawn("api", ["api", "--host", host, "--port", str(port)], env, logs),
-        # One model worker (as on one GPU), and one for webhooks and control tasks, so a slow webhook
-        # receiver never holds up a model stage.
-        # Distinct node names: two workers called celery@host would answer the broker as one.
-        _spawn(
-            "worker",
-            ["worker", "--pool", "solo", "--queues", ",".join(MODEL_QUEUES), "--hostname", "model@%h"],
-            env,
-            logs,
-        ),
-        _spawn(
-            "cpu-worker",
-            [
-                "worker",
-                "--pool",
-                "threads",
-                "--concurrency",
-                "4",
-                "--queues",
-                ",".join(CPU_QUEUES),
-                "--hostname",
-                "cpu@%h",
-            ],
-            env,
-            logs,
-        ),
-        _spawn("beat", ["beat"], env, logs),
-    ]
-
-    def stop(*_: object) -> None:
-        for child in children:
-            if child.poll() is None:
-                child.terminate()
-        for child in children:
-            try:
-                child.wait(15)
-            except subprocess.TimeoutExpired:
-                child.kill()
-        redis_server.stop()
+    supervisor = Supervisor(env, logs)
+    supervisor.start("api", ["api", "--host", host, "--port", str(port)])
+    # One model worker (as on one GPU), and one for webhooks and control tasks, so a slow webhook receiver
+    # never holds up a model stage. Distinct node names: two workers called celery@host would answer the
+    # broker as one.
+    model_queues = ",".join(MODEL_QUEUES)
+    supervisor.start("worker", ["worker", "--pool", "solo", "--queues", model_queues, "--hostname", "model@%h"])
+    cpu_queues = ",".join(CPU_QUEUES)
+    supervisor.start(
+        "cpu-worker",
+        ["worker", "--pool", "threads", "--concurrency", "4", "--queues", cpu_queues, "--hostname", "cpu@%h"],
+    )
+    supervisor.start("beat", ["beat"])
 
     signal.signal(signal.SIGTERM, _interrupt)
     try:
-        _wait_ready(public_url, children)
+        _wait_ready(public_url, supervisor.processes())
         print(f"imagen-queue is up: API {public_url}  (docs {public_url}/docs)", flush=True)
         print(f"model preset: {preset}   data: {data_dir}   logs: {logs}", flush=True)
         if key and created:
             print(f"admin API key (shown once, also kept in {admin_key_path(settings)}): {key}", flush=True)
         elif key:
             print(f"admin API key: {key}", flush=True)
-        while all(child.poll() is None for child in children):
+        while True:
+            # A child that dies is started again (the job it was running is picked up by the sweeper).
+            supervisor.check()
             time.sleep(0.5)
-        failed = [c for c in children if c.poll() is not None]
-        log.error("a child process exited: %s", [c.args for c in failed])
-        return 1
     except KeyboardInterrupt:
         return 0
     finally:
-        stop()
+        supervisor.stop()
+        redis_server.stop()

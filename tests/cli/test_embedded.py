@@ -11,6 +11,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
+import psutil
 import pytest
 from PIL import Image
 
@@ -128,3 +129,44 @@ def test_up_runs_jobs_and_search_and_keeps_them_across_a_restart(embedded: Embed
     assert job["status"] == "succeeded"
     image = httpx.get(job["output"]["images"][0]["url"], timeout=30)
     assert image.status_code == 200 and _size(image.content) == (256, 256)
+
+
+def _child(embedded: Embedded, marker: str) -> psutil.Process:
+    """The live process `up` runs whose command line contains ``marker``."""
+    assert embedded.process is not None
+    found = []
+    for child in psutil.Process(embedded.process.pid).children():
+        try:
+            if child.status() != psutil.STATUS_ZOMBIE and marker in " ".join(child.cmdline()):
+                found.append(child)
+        except psutil.Error:
+            continue  # gone, or a zombie, since the listing
+    assert len(found) == 1, f"{len(found)} processes match {marker!r}"
+    return found[0]
+
+
+def test_up_restarts_a_child_that_dies_and_keeps_serving(embedded: Embedded, tmp_path: Path) -> None:
+    worker = _child(embedded, "model@%h")
+    worker.kill()  # SIGKILL: as an out-of-memory kill would
+    api = _child(embedded, " api ")
+    api.kill()
+
+    def replaced(marker: str, old: psutil.Process) -> bool:
+        try:
+            return _child(embedded, marker).pid != old.pid
+        except AssertionError:
+            return False  # the dead one is still there, or the new one not yet
+
+    wait_until(lambda: replaced("model@%h", worker) and replaced(" api ", api), 60, "the children to be restarted")
+    assert embedded.process is not None and embedded.process.poll() is None, "up itself goes on"
+
+    def api_answers() -> bool:
+        try:
+            return httpx.get(f"{embedded.url}/readyz", timeout=2).status_code == 200
+        except httpx.HTTPError:
+            return False
+
+    wait_until(api_answers, 60, "the restarted API")
+    result = embedded.cli("generate", "a corgi", "--seed", "4", "--resolution", "64", "--out", str(tmp_path / "out"))
+    assert result.returncode == 0, result.stderr + embedded.log.read_text()[-3000:]
+    assert "worker exited" in embedded.log.read_text() and "api exited" in embedded.log.read_text()
