@@ -6,13 +6,15 @@ from contextlib import suppress
 from redis.exceptions import RedisError
 from sqlalchemy.orm import Session
 
-from core.errors import Conflict, NotFound
+from api.quotas import check_jobs_in_flight
+from core.config import Settings
+from core.errors import Conflict, NotFound, QuotaExceeded
 from core.live_events import append_live, stream_key
 from core.redis_client import cancel_key, get_redis
 from db import jobs as job_queries
 from db import webhooks as webhook_queries
 from db.events import JobEvents
-from db.models import Job, JobStatus, WebhookEvent
+from db.models import Job, JobStatus, Tenant, WebhookEvent
 from storage.object_store import ObjectStore
 from workers.dispatch import dispatch_job, enqueue_delivery
 
@@ -30,11 +32,23 @@ def cancel_job_now(session: Session, job: Job, store: ObjectStore) -> None:
             get_redis().set(cancel_key(job.id), "1", ex=86_400)
 
 
-def retry_job_now(session: Session, job: Job) -> None:
-    """Queue a failed or canceled job (locked for update) again from its first unfinished stage; commits."""
+def retry_job_now(session: Session, job: Job, *, quota: Settings | None = None) -> None:
+    """Queue a failed or canceled job (locked for update) again from its first unfinished stage; commits.
+
+    With ``quota`` (the settings whose defaults apply), the job counts against its tenant's jobs in flight
+    as a new submission would: a QuotaExceeded leaves it as it was.
+    """
     if job.status not in (JobStatus.FAILED, JobStatus.CANCELED):
         raise Conflict(f"only failed or canceled jobs can be retried; this one is {job.status}", field="status")
     job_queries.reset_for_retry(job)
+    if quota is not None:
+        tenant = session.get(Tenant, job.tenant_id)
+        assert tenant is not None
+        try:
+            check_jobs_in_flight(session, tenant=tenant, settings=quota)
+        except QuotaExceeded:
+            session.rollback()
+            raise
     job_queries.bump_dispatch(job)
     first = job_queries.first_unfinished_stage(job)
     if first is not None:

@@ -99,6 +99,6 @@ def cancel_job(job: LockedJob, session: SessionDep, store: StoreDep, settings: S
 
 @router.post("/{job_id}/retry", response_model=JobPublic)
 def retry_job(job: LockedJob, session: SessionDep, store: StoreDep, settings: SettingsDep) -> JobPublic:
-    """Queue a failed or canceled job again from its first unfinished stage."""
-    retry_job_now(session, job)
+    """Queue a failed or canceled job again from its first unfinished stage (it counts against the quota)."""
+    retry_job_now(session, job, quota=settings)
     return JobPublic.from_row(job, store, settings.presign_ttl_s)

@@ -95,6 +95,31 @@ def test_jobs_over_the_in_flight_quota_wait_until_one_ends(system: System, clien
     tenant.wait(third.json()["id"])
 
 
+def test_a_retry_counts_against_the_in_flight_quota(system: System, clients: list[Client]) -> None:
+    _, key = _tenant(max_jobs_in_flight=1)
+    tenant = Client(system, key)
+    clients.append(tenant)
+
+    first = tenant.http.post("/v1/jobs", json=LONG).json()
+    assert tenant.http.post(f"/v1/jobs/{first['id']}/cancel").status_code == 200
+    assert tenant.wait(first["id"])["status"] == "canceled"
+    second = tenant.http.post("/v1/jobs", json=LONG)
+    assert second.status_code == 202, second.text
+
+    # With the one slot taken, bringing the canceled job back would make two in flight.
+    refused = tenant.http.post(f"/v1/jobs/{first['id']}/retry")
+    assert refused.status_code == 429, refused.text
+    assert refused.json()["error"]["code"] == "quota_exceeded"
+    assert tenant.job(first["id"])["status"] == "canceled", "the refused retry changed nothing"
+
+    assert tenant.http.post(f"/v1/jobs/{second.json()['id']}/cancel").status_code == 200
+    tenant.wait(second.json()["id"])
+    retried = tenant.http.post(f"/v1/jobs/{first['id']}/retry")
+    assert retried.status_code == 200 and retried.json()["status"] == "queued", retried.text
+    assert tenant.http.post(f"/v1/jobs/{first['id']}/cancel").status_code == 200
+    tenant.wait(first["id"])
+
+
 def test_a_revoked_key_is_refused(system: System, clients: list[Client]) -> None:
     from db import tenants
     from db.session import session_scope
