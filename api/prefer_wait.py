@@ -1,6 +1,7 @@
 """``Prefer: wait=N`` (RFC 7240): hold a submission's answer until its job ends, or N seconds pass."""
 
 import time
+import uuid
 from typing import Any
 
 from redis.exceptions import RedisError
@@ -35,14 +36,20 @@ def parse_prefer_wait(prefer: str | None) -> float:
 
 
 def wait_for_job(session: Session, job: Job, timeout_s: float) -> Job:
-    """Hold until the job ends or ``timeout_s`` passes, following its event stream; the job as it is then."""
+    """Hold until the job ends or ``timeout_s`` passes, following its event stream; the job as it is then.
+
+    The session's transaction ends first and between looks at the row, so a waiting client holds no pooled
+    database connection (the wait can last a minute, and many clients may wait at once).
+    """
+    job_id = job.id
+    session.rollback()
     deadline = time.monotonic() + timeout_s
     last_id = "0-0"
     redis_client = get_redis()
     while (remaining := deadline - time.monotonic()) > 0:
         replies: Any
         try:
-            replies = redis_client.xread({stream_key(job.id): last_id}, block=max(1, int(remaining * 1000)), count=50)
+            replies = redis_client.xread({stream_key(job_id): last_id}, block=max(1, int(remaining * 1000)), count=50)
         except RedisError:
             time.sleep(min(0.2, remaining))  # no live stream: the row below still tells
             replies = []
@@ -50,14 +57,22 @@ def wait_for_job(session: Session, job: Job, timeout_s: float) -> Job:
             for entry_id, fields in entries:
                 last_id = entry_id
                 if fields.get(b"event") == b"done":
-                    return _reloaded(session, job)
-        if not replies and JobStatus(_reloaded(session, job).status).is_terminal:
+                    return _reloaded(session, job_id)
+        if not replies and _has_ended(session, job_id):
             break
-    return _reloaded(session, job)
+    return _reloaded(session, job_id)
 
 
-def _reloaded(session: Session, job: Job) -> Job:
+def _has_ended(session: Session, job_id: uuid.UUID) -> bool:
+    try:
+        job = job_queries.get_job(session, job_id=job_id)
+        return job is None or JobStatus(job.status).is_terminal
+    finally:
+        session.rollback()  # the connection goes back to the pool while the wait goes on
+
+
+def _reloaded(session: Session, job_id: uuid.UUID) -> Job:
     session.rollback()  # a fresh snapshot: the worker committed in another transaction
-    fresh = job_queries.get_job(session, job_id=job.id)
+    fresh = job_queries.get_job(session, job_id=job_id)
     assert fresh is not None
     return fresh

@@ -54,9 +54,11 @@ def search_index(
             session, body.image, tenant_id=key.tenant_id, store=store, settings=settings, field="image"
         )
         image_key = image.key
+    tenant_id = key.tenant_id
+    session.rollback()  # hold no pooled connection while an embed worker computes the query's vector
     model, vector = embed_query(preset.name, text=body.text, image_key=image_key)
     hits = search_embeddings(
-        session, tenant_id=key.tenant_id, collection=body.collection, model=model, query=vector, k=body.k
+        session, tenant_id=tenant_id, collection=body.collection, model=model, query=vector, k=body.k
     )
     session.rollback()  # read-only; ends the transaction that SET LOCAL tuned
     return SearchResponse(

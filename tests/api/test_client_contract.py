@@ -248,3 +248,27 @@ def test_a_receiver_that_never_answers_does_not_delay_the_job(client: Client) ->
         hung.set()
         server.shutdown()
         server.server_close()
+
+
+def test_waiting_clients_hold_no_database_connection(client: Client, other_client: Client) -> None:
+    """Twenty clients holding ``Prefer: wait`` on a long job (more than the API's 15 pooled database
+    connections) leave the database to everyone else: another tenant's requests answer at once."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    body = {"kind": "generate", "input": {"prompt": "x", "resolution": 64, "stages": {"base": {"steps": 300}}}}
+    job = client.http.post("/v1/jobs", json=body, headers={"Idempotency-Key": "held"}).json()
+
+    def hold() -> int:
+        headers = {"Idempotency-Key": "held", "Prefer": "wait=8"}
+        return client.http.post("/v1/jobs", json=body, headers=headers, timeout=30).status_code
+
+    with ThreadPoolExecutor(20) as pool:
+        holds = [pool.submit(hold) for _ in range(20)]
+        time.sleep(2)  # every wait has started
+        started = time.monotonic()
+        answers = [other_client.http.get("/v1/jobs", timeout=30).status_code for _ in range(3)]
+        took = time.monotonic() - started
+        assert [h.result() for h in holds] == [202] * 20, "each wait ran out and answered with the job"
+    assert answers == [200, 200, 200] and took < 3, (answers, took)
+    assert client.http.post(f"/v1/jobs/{job['id']}/cancel").status_code == 200
+    client.wait(job["id"])
