@@ -69,23 +69,41 @@ def enforce_rate_limit(tenant: Tenant, *, settings: Settings) -> None:
     If Redis cannot be reached the request goes through: a limiter that refused everything would turn a
     Redis outage into an API outage.
     """
-    global _redis_skipped_until
     limit = effective_limit(tenant.requests_per_minute, settings.default_requests_per_minute)
-    if limit <= 0 or time.monotonic() < _redis_skipped_until:
-        return
-    try:
-        # The interval rounds down, so that `limit` requests always fit in a minute.
-        wait_us = int(_gcra()(keys=[rate_key(tenant.id)], args=[max(1, _MINUTE_US // limit), _MINUTE_US]))
-    except RedisError as exc:
-        _redis_skipped_until = time.monotonic() + _REDIS_RETRY_S
-        log.warning("rate limits not enforced for %.0f s: Redis is unreachable (%s)", _REDIS_RETRY_S, exc)
-        return
-    if wait_us > 0:
-        retry_after_s = max(1, math.ceil(wait_us / 1_000_000))
+    retry_after_s = _take(rate_key(tenant.id), limit)
+    if retry_after_s:
         raise RateLimited(
             f"rate limit reached: requests_per_minute is {limit} for this tenant; retry in {retry_after_s} s",
             retry_after_s=retry_after_s,
         )
+
+
+def enforce_sign_in_rate(address: str, *, settings: Settings) -> None:
+    """Count one dashboard sign-in attempt from ``address``; RateLimited past the allowance, so admin keys
+    cannot be guessed at speed."""
+    limit = settings.admin_sign_ins_per_minute
+    retry_after_s = _take(f"imagen:sign-in:{address}", limit)
+    if retry_after_s:
+        raise RateLimited(
+            f"too many sign-in attempts from this address: at most {limit} a minute; retry in {retry_after_s} s",
+            retry_after_s=retry_after_s,
+        )
+
+
+def _take(key: str, per_minute: int) -> int:
+    """Take one of ``per_minute`` from the allowance kept under ``key``: 0 if there was one, else the seconds
+    until there is. Unlimited (<= 0), or Redis unreachable: always 0."""
+    global _redis_skipped_until
+    if per_minute <= 0 or time.monotonic() < _redis_skipped_until:
+        return 0
+    try:
+        # The interval rounds down, so that `per_minute` requests always fit in a minute.
+        wait_us = int(_gcra()(keys=[key], args=[max(1, _MINUTE_US // per_minute), _MINUTE_US]))
+    except RedisError as exc:
+        _redis_skipped_until = time.monotonic() + _REDIS_RETRY_S
+        log.warning("rate limits not enforced for %.0f s: Redis is unreachable (%s)", _REDIS_RETRY_S, exc)
+        return 0
+    return max(1, math.ceil(wait_us / 1_000_000)) if wait_us > 0 else 0
 
 
 def check_jobs_in_flight(session: Session, *, tenant: Tenant, settings: Settings) -> None:

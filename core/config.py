@@ -37,6 +37,8 @@ class Settings(BaseSettings):
     torch_threads: int | None = None
 
     admin_api_key: str | None = None
+    # Dashboard sign-in attempts per client address and minute (<= 0: unlimited).
+    admin_sign_ins_per_minute: int = 10
     # Outbound requests to client-given URLs refuse loopback, private and link-local addresses unless
     # these are set (local development and tests only): webhook deliveries, and image inputs by URL.
     webhook_allow_private: bool = False

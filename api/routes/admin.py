@@ -26,9 +26,10 @@ from api.admin_auth import (
 from api.deps import SessionDep, SettingsDep, StoreDep
 from api.job_control import cancel_job_now, redeliver_event, retry_job_now
 from api.metrics import queue_depths
+from api.quotas import enforce_sign_in_rate
 from api.workers_status import WorkerStatus, workers_online
 from core.config import Settings
-from core.errors import DomainError
+from core.errors import DomainError, RateLimited
 from core.job_input import JOB_KINDS
 from core.job_view import JobPublic
 from core.limits import MAX_QUOTA, parse_quota
@@ -101,6 +102,12 @@ def create_session(
     settings: SettingsDep,
 ) -> Response:
     """Sign in with an admin API key: set the session cookie and go to the overview."""
+    try:
+        enforce_sign_in_rate(request.client.host if request.client else "unknown", settings=settings)
+    except RateLimited as exc:
+        page = _render(request, "login.html", None, status_code=429, error=exc.message)
+        page.headers["Retry-After"] = str(exc.retry_after_s)
+        return page
     key_text = fields.get("key", "").strip()
     key = tenant_queries.find_api_key(session, key=key_text) if key_text else None
     if key is None or not key.is_admin:

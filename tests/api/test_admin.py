@@ -61,6 +61,20 @@ def test_a_forged_non_ascii_cookie_or_csrf_token_is_refused_not_a_500(admin: htt
     assert refused.status_code == 403
 
 
+def test_sign_in_attempts_are_throttled_per_address(system: System) -> None:
+    # From an address of its own on loopback, so the other tests' sign-ins keep their allowance.
+    transport = httpx.HTTPTransport(local_address="127.0.0.9")
+    with httpx.Client(base_url=system.api_url, timeout=30, transport=transport) as guesser:
+        statuses = [guesser.post("/admin/login", data={"key": f"iq_guess-{n}"}).status_code for n in range(11)]
+        assert statuses == [401] * 10 + [429]
+        refused = guesser.post("/admin/login", data={"key": _new_admin_key()})
+        assert refused.status_code == 429, "even the right key waits: the allowance counts attempts"
+        assert 1 <= int(refused.headers["retry-after"]) <= 6
+        assert 'id="login-error"' in refused.text and "too many sign-in attempts" in refused.text
+    with httpx.Client(base_url=system.api_url, timeout=30) as browser:
+        assert browser.post("/admin/login", data={"key": _new_admin_key()}).status_code == 303
+
+
 def test_overview_renders(admin: httpx.Client) -> None:
     page = admin.get("/admin")
     assert page.status_code == 200, page.text
