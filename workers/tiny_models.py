@@ -9,9 +9,6 @@ seed and fixed vocabularies give the same weight files every time.
 from __future__ import annotations
 
 import logging
-import os
-import shutil
-import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -47,6 +44,7 @@ from transformers import (
     T5Tokenizer,
 )
 
+from workers.atomic_build import build_atomically, read_marker
 from workers.pipelines import quiet_progress_bars
 
 logger = logging.getLogger(__name__)
@@ -55,7 +53,6 @@ logger = logging.getLogger(__name__)
 # the CLIP embedder also needs a new `model_id` for the tiny preset's embedder in workers/presets.py.
 TINY_VERSION = "tiny-2"
 TINY_DIR = "tiny"
-BUILD_MARKER = "BUILD_OK"
 STAGE_DIRS: tuple[str, ...] = ("stage_1", "stage_2", "stage_3")
 CAPTION_DIR = "caption"
 EMBED_DIR = "embed"
@@ -126,33 +123,14 @@ def build_tiny(models_dir: Path, *, force: bool = False) -> Path:
         return target
 
     started = time.perf_counter()
-    models_dir.mkdir(parents=True, exist_ok=True)
-    # Built beside the target and renamed into place, so a crash never leaves a half-built folder
-    # that looks complete, and two concurrent builders do not write into the same files.
-    staging = Path(tempfile.mkdtemp(prefix=f".{TINY_DIR}-", dir=models_dir))
-    try:
-        _save_models(staging)
-        (staging / BUILD_MARKER).write_text(TINY_VERSION + "\n")
-        if target.exists():
-            shutil.rmtree(target)
-        os.replace(staging, target)
-    except OSError:
-        shutil.rmtree(staging, ignore_errors=True)
-        # Another process finished the same build between our check and our rename: theirs will do.
-        if not force and is_built(models_dir):
-            return target
-        raise
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
-    logger.info("built tiny models in %s in %.2f s", target, time.perf_counter() - started)
+    if build_atomically(target, TINY_VERSION, _save_models, force=force):
+        logger.info("built tiny models in %s in %.2f s", target, time.perf_counter() - started)
     return target
 
 
 def is_built(models_dir: Path) -> bool:
     """Whether `models_dir` holds a complete tiny build of the current version."""
-    marker = models_dir / TINY_DIR / BUILD_MARKER
-    return marker.is_file() and marker.read_text().strip() == TINY_VERSION
+    return read_marker(models_dir / TINY_DIR) == TINY_VERSION
 
 
 def _save_models(folder: Path) -> None:

