@@ -24,32 +24,42 @@ from diffusers.pipelines.stable_diffusion.pipeline_stable_diffusion_upscale impo
 )
 from diffusers.schedulers.scheduling_ddim import DDIMScheduler
 from diffusers.schedulers.scheduling_ddpm import DDPMScheduler
-from tokenizers import pre_tokenizers
 from transformers import (
-    BertTokenizer,
-    CLIPConfig,
-    CLIPImageProcessorPil,
     CLIPModel,
     CLIPProcessor,
     CLIPTextConfig,
     CLIPTextModel,
     CLIPTokenizer,
-    CLIPVisionConfig,
-    GitConfig,
     GitForCausalLM,
-    GitProcessor,
-    GitVisionConfig,
     T5Config,
     T5EncoderModel,
     T5Tokenizer,
 )
 
 from workers.atomic_build import build_atomically, read_marker
+from workers.if_pipelines import IF_SCHEDULE, if_pipeline, if_sr_pipeline
+from workers.model_configs import (
+    TextTower,
+    UNetWidths,
+    VisionTower,
+    clip_config,
+    git_config,
+    if_base_unet,
+    if_sr_unet,
+)
 from workers.pipelines import quiet_progress_bars
+from workers.preprocessors import (
+    PRINTABLE_CHARS,
+    clip_image_processor,
+    clip_tokenizer,
+    git_processor,
+    wordpiece_vocabulary,
+)
 
 logger = logging.getLogger(__name__)
 
-# Bump whenever a config below changes, so folders built by an older version are rebuilt. A change to
+# Bump whenever a config below, or a shared builder it calls (model_configs.py, preprocessors.py,
+# if_pipelines.py), changes, so folders built by an older version are rebuilt. A change to
 # the CLIP embedder also needs a new `model_id` for the tiny preset's embedder in workers/presets.py.
 TINY_VERSION = "tiny-2"
 TINY_DIR = "tiny"
@@ -63,11 +73,13 @@ _TEXT_DIM = 32
 _MAX_TOKENS = 77
 # GroupNorm needs the group count to divide every block's width; the thinnest blocks have 8 channels.
 _NORM_GROUPS = 8
+_UNET_WIDTHS = UNetWidths(
+    text_dim=_TEXT_DIM, cross_attention_dim=64, attention_head_dim=16, pooled_text_heads=2, norm_groups=_NORM_GROUPS
+)
 # The vision towers see 64x64 crops in 8x8 patches: 64 patches, about as many as ViT-B/32's 49 at
 # 224 px, on a tower a few hundred times smaller.
 _IMAGE_SIZE = 64
-_PATCH_SIZE = 8
-_VISION_DIM = 64
+_VISION = VisionTower(width=64, layers=2, image_size=_IMAGE_SIZE, patch_size=8)
 _CLIP_DIM = 64
 # At the default initial scale, random CLIP towers squash every input to about the same direction
 # (cosine ~0.999 between unrelated images). A larger scale makes the random features sensitive
@@ -110,9 +122,6 @@ very more most less not no yes like as so then than just only also too again
 love life world time year way thing place part word work hand head face eye eyes hair
 mouth nose ear heart body arm leg foot food music game story shadow
 """
-# Every printable ASCII character is a piece too, so no prompt maps to unknown tokens.
-_CHARS = [chr(code) for code in range(33, 127)]
-_BERT_SPECIALS = ("[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]")
 
 
 def build_tiny(models_dir: Path, *, force: bool = False) -> Path:
@@ -163,104 +172,15 @@ def _build_stage_1() -> IFPipeline:
             eos_token_id=tokenizer.eos_token_id,
         )
     ).eval()
-    unet = UNet2DConditionModel(
-        sample_size=64,
-        in_channels=3,
-        # IF predicts the noise and a variance ("learned_range"), hence twice the input channels.
-        out_channels=6,
-        layers_per_block=1,
-        # Attention only at 16x16, where it is cheap; IF attends at its lower resolutions too.
-        block_out_channels=(16, 32, 64),
-        down_block_types=(
-            "ResnetDownsampleBlock2D",
-            "ResnetDownsampleBlock2D",
-            "SimpleCrossAttnDownBlock2D",
-        ),
-        mid_block_type="UNetMidBlock2DSimpleCrossAttn",
-        up_block_types=(
-            "SimpleCrossAttnUpBlock2D",
-            "ResnetUpsampleBlock2D",
-            "ResnetUpsampleBlock2D",
-        ),
-        cross_attention_dim=64,
-        encoder_hid_dim=_TEXT_DIM,
-        encoder_hid_dim_type="text_proj",
-        attention_head_dim=16,
-        addition_embed_type="text",
-        addition_embed_type_num_heads=2,
-        cross_attention_norm="group_norm",
-        resnet_time_scale_shift="scale_shift",
-        act_fn="gelu",
-        norm_num_groups=_NORM_GROUPS,
-    )
-    return IFPipeline(
-        tokenizer=tokenizer,
-        text_encoder=text_encoder,
-        unet=unet,
-        # diffusers hints its placeholder class, not the scheduler it means.
-        scheduler=_if_scheduler(),  # type: ignore[arg-type]
-        safety_checker=None,
-        feature_extractor=None,
-        watermarker=None,
-        requires_safety_checker=False,
-    )
+    # Attention only at 16x16, where it is cheap; IF attends at its lower resolutions too.
+    unet = if_base_unet(_UNET_WIDTHS, sample_size=64, block_out_channels=(16, 32, 64))
+    return if_pipeline(unet, _if_scheduler(), tokenizer=tokenizer, text_encoder=text_encoder)
 
 
 def _build_stage_2() -> IFSuperResolutionPipeline:
-    unet = UNet2DConditionModel(
-        sample_size=256,
-        # The noisy image plus the upscaled low-resolution one it is conditioned on.
-        in_channels=6,
-        out_channels=6,
-        layers_per_block=1,
-        # Convolutions over 256x256 dominate the time, so the full-resolution level is the thinnest.
-        block_out_channels=(8, 16, 32, 64),
-        down_block_types=(
-            "ResnetDownsampleBlock2D",
-            "ResnetDownsampleBlock2D",
-            "ResnetDownsampleBlock2D",
-            "SimpleCrossAttnDownBlock2D",
-        ),
-        mid_block_type="UNetMidBlock2DSimpleCrossAttn",
-        up_block_types=(
-            "SimpleCrossAttnUpBlock2D",
-            "ResnetUpsampleBlock2D",
-            "ResnetUpsampleBlock2D",
-            "ResnetUpsampleBlock2D",
-        ),
-        cross_attention_dim=64,
-        encoder_hid_dim=_TEXT_DIM,
-        encoder_hid_dim_type="text_proj",
-        attention_head_dim=16,
-        addition_embed_type="text",
-        addition_embed_type_num_heads=2,
-        cross_attention_norm="group_norm",
-        resnet_time_scale_shift="scale_shift",
-        act_fn="gelu",
-        # Like IF-II: the augmentation noise level enters as a second timestep embedding.
-        class_embed_type="timestep",
-        mid_block_scale_factor=1.414,
-        time_embedding_act_fn="gelu",
-        norm_num_groups=_NORM_GROUPS,
-    )
-    image_noising_scheduler = DDPMScheduler(
-        num_train_timesteps=1000,
-        beta_schedule="squaredcos_cap_v2",
-        beta_start=0.0001,
-        beta_end=0.02,
-    )
-    return IFSuperResolutionPipeline(
-        # Optional components that the hints call mandatory: stage II takes stage I's embeddings.
-        tokenizer=None,  # type: ignore[arg-type]
-        text_encoder=None,  # type: ignore[arg-type]
-        unet=unet,
-        scheduler=_if_scheduler(),  # type: ignore[arg-type]
-        image_noising_scheduler=image_noising_scheduler,
-        safety_checker=None,
-        feature_extractor=None,
-        watermarker=None,
-        requires_safety_checker=False,
-    )
+    # Convolutions over 256x256 dominate the time, so the full-resolution level is the thinnest.
+    unet = if_sr_unet(_UNET_WIDTHS, sample_size=256, block_out_channels=(8, 16, 32, 64))
+    return if_sr_pipeline(unet, _if_scheduler())
 
 
 def _build_stage_3() -> StableDiffusionUpscalePipeline:
@@ -334,97 +254,30 @@ def _build_stage_3() -> StableDiffusionUpscalePipeline:
 
 
 def _save_captioner(folder: Path) -> None:
-    # GIT-base's processor, shrunk: CLIP's image preprocessing and a BERT WordPiece tokenizer whose
-    # vocabulary is a file, as the hub's is. Its [CLS] starts a caption and its [SEP] ends one.
-    folder.mkdir(parents=True)
-    vocab_file = folder / "vocab.txt"
-    vocab_file.write_text("\n".join(_bert_vocab()) + "\n")
-    tokenizer = BertTokenizer(vocab=str(vocab_file), model_max_length=_GIT_MAX_TOKENS)
-    processor = GitProcessor(image_processor=_clip_image_processor(), tokenizer=tokenizer)
-    model = GitForCausalLM(
-        GitConfig(
-            vision_config=GitVisionConfig(
-                hidden_size=_VISION_DIM,
-                intermediate_size=2 * _VISION_DIM,
-                num_hidden_layers=2,
-                num_attention_heads=4,
-                image_size=_IMAGE_SIZE,
-                patch_size=_PATCH_SIZE,
-                initializer_range=_GIT_INIT_RANGE,
-            ),
-            vocab_size=len(tokenizer),
-            hidden_size=64,
-            intermediate_size=128,
-            num_hidden_layers=2,
-            num_attention_heads=4,
-            max_position_embeddings=_GIT_MAX_TOKENS,
-            initializer_range=_GIT_INIT_RANGE,
-            pad_token_id=tokenizer.pad_token_id,
-            bos_token_id=tokenizer.cls_token_id,
-            eos_token_id=tokenizer.sep_token_id,
-        )
-    ).eval()
+    processor = git_processor(
+        folder, wordpiece_vocabulary(_unique_words()), image_size=_IMAGE_SIZE, max_tokens=_GIT_MAX_TOKENS
+    )
+    text = TextTower(width=64, layers=2)
+    config = git_config(processor.tokenizer, text, _VISION, initializer_range=_GIT_INIT_RANGE)
+    model = GitForCausalLM(config).eval()
     model.save_pretrained(folder, safe_serialization=True)
     processor.save_pretrained(folder)
 
 
 def _save_embedder(folder: Path) -> None:
     tokenizer = _clip_tokenizer()
-    model = CLIPModel(
-        CLIPConfig(
-            text_config=CLIPTextConfig(
-                vocab_size=len(tokenizer),
-                hidden_size=_CLIP_DIM,
-                intermediate_size=2 * _CLIP_DIM,
-                num_hidden_layers=2,
-                num_attention_heads=4,
-                max_position_embeddings=_MAX_TOKENS,
-                pad_token_id=tokenizer.pad_token_id,
-                bos_token_id=tokenizer.bos_token_id,
-                eos_token_id=tokenizer.eos_token_id,
-                projection_dim=_CLIP_DIM,
-                initializer_factor=_CLIP_INIT_FACTOR,
-            ),
-            vision_config=CLIPVisionConfig(
-                hidden_size=_VISION_DIM,
-                intermediate_size=2 * _VISION_DIM,
-                num_hidden_layers=2,
-                num_attention_heads=4,
-                image_size=_IMAGE_SIZE,
-                patch_size=_PATCH_SIZE,
-                projection_dim=_CLIP_DIM,
-                initializer_factor=_CLIP_INIT_FACTOR,
-            ),
-            projection_dim=_CLIP_DIM,
-            initializer_factor=_CLIP_INIT_FACTOR,
-        )
-    ).eval()
-    processor = CLIPProcessor(image_processor=_clip_image_processor(), tokenizer=tokenizer)
+    text = TextTower(width=_CLIP_DIM, layers=2)
+    config = clip_config(tokenizer, text, _VISION, projection_dim=_CLIP_DIM, initializer_factor=_CLIP_INIT_FACTOR)
+    model = CLIPModel(config).eval()
+    processor = CLIPProcessor(image_processor=clip_image_processor(_IMAGE_SIZE), tokenizer=tokenizer)
     model.save_pretrained(folder, safe_serialization=True)
     processor.save_pretrained(folder)
-
-
-def _clip_image_processor() -> CLIPImageProcessorPil:
-    # The PIL backend by name: `CLIPImageProcessor` means the torchvision one where torchvision is
-    # installed, and the saved config would then differ from machine to machine.
-    size = _IMAGE_SIZE
-    return CLIPImageProcessorPil(size={"shortest_edge": size}, crop_size={"height": size, "width": size})
-
-
-def _bert_vocab() -> list[str]:
-    # Lower case only, as the tokenizer lowercases its input; "##" pieces spell out any other word.
-    chars = [char for char in _CHARS if not char.isupper()]
-    pieces = [*_BERT_SPECIALS, *_unique_words(), *chars, *(f"##{char}" for char in chars if char.isalnum())]
-    return list(dict.fromkeys(pieces))
 
 
 def _if_scheduler() -> DDPMScheduler:
     # IF's own scheduler settings: cosine betas, dynamic thresholding, learned variance.
     return DDPMScheduler(
-        num_train_timesteps=1000,
-        beta_schedule="squaredcos_cap_v2",
-        beta_start=0.0001,
-        beta_end=0.02,
+        **IF_SCHEDULE,
         thresholding=True,
         dynamic_thresholding_ratio=0.95,
         sample_max_value=1.5,
@@ -441,26 +294,9 @@ def _t5_tokenizer() -> T5Tokenizer:
     # Unigram scores: whole words beat the characters they are made of, longer words first.
     pieces: list[tuple[str, float]] = [("<pad>", 0.0), ("</s>", 0.0), ("<unk>", 0.0), ("\u2581", -2.0)]
     pieces += [(f"\u2581{word}", -float(len(word)) / 10.0 - 1.0) for word in _unique_words()]
-    pieces += [(char, -10.0) for char in _CHARS]
+    pieces += [(char, -10.0) for char in PRINTABLE_CHARS]
     return T5Tokenizer(vocab=pieces, extra_ids=0, model_max_length=_MAX_TOKENS)
 
 
 def _clip_tokenizer() -> CLIPTokenizer:
-    # Byte-level BPE as in CLIP: single bytes and their end-of-word forms cover any text; merges that
-    # spell out the word list left to right make common words a few tokens (merges of different words
-    # compete, so not always one).
-    alphabet = sorted(pre_tokenizers.ByteLevel.alphabet())
-    tokens = [*alphabet, *(f"{char}</w>" for char in alphabet)]
-    merges: list[tuple[str, str]] = []
-    for word in _unique_words():
-        symbols = [*word[:-1], f"{word[-1]}</w>"]
-        merged = symbols[0]
-        for symbol in symbols[1:]:
-            merges.append((merged, symbol))
-            merged += symbol
-            tokens.append(merged)
-    merges = list(dict.fromkeys(merges))
-    tokens = [*dict.fromkeys(tokens), "<|startoftext|>", "<|endoftext|>"]
-    vocab = {token: index for index, token in enumerate(tokens)}
-    # The hint says strings, but the tokenizers backend wants merges as pairs.
-    return CLIPTokenizer(vocab=vocab, merges=merges, model_max_length=_MAX_TOKENS)  # type: ignore[arg-type]
+    return clip_tokenizer(_unique_words(), max_tokens=_MAX_TOKENS)
