@@ -147,7 +147,7 @@ def _encoder_readout(rng: random.Random, train: int = 3000, test: int = 600) -> 
     linear layer per attribute, trained on stage I's training captions; scored on new training-wording
     captions and on held-out prompts. A reference for the generated images' held-out accuracy: where this
     small read-out fails, the states alone do not place the wording near the right attribute."""
-    from training.toy_models import MAX_TOKENS, encode, text_encoder
+    from training.architectures import MAX_TOKENS, encode, text_encoder
 
     values = {"colour": list(world.COLOURS), "shape": list(world.SHAPES), "position": list(world.POSITIONS)}
 

@@ -17,7 +17,7 @@ from diffusers.schedulers.scheduling_ddpm import DDPMScheduler
 from safetensors.torch import load_file
 from tqdm import tqdm
 
-from training.toy_models import REPO_ROOT, encode
+from training.architectures import REPO_ROOT, encode
 
 RUNS_DIR = REPO_ROOT / "training" / "runs"
 logger = logging.getLogger("training")

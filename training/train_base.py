@@ -22,6 +22,14 @@ from diffusers.models.unets.unet_2d_condition import UNet2DConditionModel
 from diffusers.pipelines.deepfloyd_if.pipeline_if import IFPipeline
 
 from training import world
+from training.architectures import (
+    BASE_RESOLUTION,
+    WEIGHTS_DIR,
+    base_unet,
+    sampling_scheduler,
+    training_scheduler,
+    write_json,
+)
 from training.checker import read
 from training.common import (
     Ema,
@@ -37,14 +45,6 @@ from training.common import (
     setup_logging,
     start_training,
     unet_weights,
-)
-from training.toy_models import (
-    BASE_RESOLUTION,
-    WEIGHTS_DIR,
-    base_unet,
-    sampling_scheduler,
-    training_scheduler,
-    write_json,
 )
 
 logger = logging.getLogger("training")

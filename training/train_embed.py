@@ -28,6 +28,7 @@ from transformers import CLIPConfig, CLIPModel, CLIPProcessor, CLIPTextConfig, C
 
 from core.limits import MAX_BATCH
 from training import world
+from training.architectures import WEIGHTS_DIR
 from training.common import (
     Ema,
     StepLog,
@@ -40,7 +41,6 @@ from training.common import (
     setup_logging,
     start_training,
 )
-from training.toy_models import WEIGHTS_DIR
 from training.vision_common import (
     IMAGE_SIZE,
     PATCH_SIZE,

@@ -22,6 +22,15 @@ from diffusers.models.unets.unet_2d_condition import UNet2DConditionModel
 from diffusers.pipelines.deepfloyd_if.pipeline_if_superresolution import IFSuperResolutionPipeline
 
 from training import world
+from training.architectures import (
+    BASE_RESOLUTION,
+    SR_RESOLUTION,
+    WEIGHTS_DIR,
+    noising_scheduler,
+    sampling_scheduler,
+    sr_unet,
+    training_scheduler,
+)
 from training.checker import read
 from training.common import (
     StepLog,
@@ -36,15 +45,6 @@ from training.common import (
     setup_logging,
     start_training,
     unet_weights,
-)
-from training.toy_models import (
-    BASE_RESOLUTION,
-    SR_RESOLUTION,
-    WEIGHTS_DIR,
-    noising_scheduler,
-    sampling_scheduler,
-    sr_unet,
-    training_scheduler,
 )
 
 logger = logging.getLogger("training")

@@ -24,8 +24,8 @@ from transformers import CLIPImageProcessorPil, PreTrainedModel
 
 from core.presets import TINY, EmbedderSpec, ModelSpec, Preset
 from training import world
+from training.architectures import SR_RESOLUTION, WEIGHTS_DIR
 from training.common import RUNS_DIR
-from training.toy_models import SR_RESOLUTION, WEIGHTS_DIR
 
 logger = logging.getLogger("training")
 
