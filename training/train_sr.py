@@ -1,5 +1,5 @@
-"""Train the toy cascade's stage II: 32 -> 128 px, conditioned on the upsampled 32 px image, the text and a
-noise level (noise-conditioning augmentation, as in Imagen and IF-II).
+"""Train the toy cascade's stage II: from stage I's resolution to the preset's final one, conditioned on the
+upsampled stage I image, the text and a noise level (noise-conditioning augmentation, as in Imagen and IF-II).
 
 The low-resolution input is prepared exactly as `IFSuperResolutionPipeline` prepares it: 8-bit pixels
 (stage I's PNG), bilinear upsampling with aligned corners, then noise from IF-II's noising schedule at a
@@ -25,7 +25,8 @@ from training import world
 from training.architectures import (
     BASE_RESOLUTION,
     SR_RESOLUTION,
-    WEIGHTS_DIR,
+    SR_STAGE,
+    committed_folder,
     noising_scheduler,
     sampling_scheduler,
     sr_unet,
@@ -46,19 +47,21 @@ from training.common import (
     start_training,
     unet_weights,
 )
+from workers.if_pipelines import if_sr_pipeline
 
 logger = logging.getLogger("training")
-STAGE_DIR = WEIGHTS_DIR / "stage_2"
+STAGE_DIR = committed_folder(SR_STAGE.source)
 CAPTION_DROPOUT = 0.1
 EMA_DECAY = 0.999
 WARMUP_STEPS = 200
 CROP = 64
-# Augmentation levels seen in training; the preset's default (100) and cap sit inside this range.
-MAX_NOISE_LEVEL = 400
+# Augmentation levels seen in training: every level up to the preset's cap, so any a request may ask for.
+assert SR_STAGE.max_noise_level is not None, "core.presets gives every super-resolution stage a cap"
+MAX_NOISE_LEVEL = SR_STAGE.max_noise_level
 
 
 def low_resolution(scenes: list[world.Scene]) -> torch.Tensor:
-    """The scenes at 32 px in [-1, 1], rounded to 8 bits as stage I's PNGs are."""
+    """The scenes at stage I's resolution in [-1, 1], rounded to 8 bits as stage I's PNGs are."""
     pixels = (world.render(scenes, BASE_RESOLUTION) * 255).round() / 255
     return pixels * 2 - 1
 
@@ -134,17 +137,7 @@ def export(unet: UNet2DConditionModel, shadow: dict[str, torch.Tensor], step: in
 
 def pipeline_for(unet: UNet2DConditionModel) -> IFSuperResolutionPipeline:
     """Stage II's pipeline around `unet`; it takes stage I's prompt embeddings, so has no text encoder."""
-    pipeline = IFSuperResolutionPipeline(
-        tokenizer=None,  # type: ignore[arg-type]
-        text_encoder=None,  # type: ignore[arg-type]
-        unet=unet,
-        scheduler=sampling_scheduler(),  # type: ignore[arg-type]
-        image_noising_scheduler=noising_scheduler(),  # type: ignore[arg-type]
-        safety_checker=None,
-        feature_extractor=None,
-        watermarker=None,
-        requires_safety_checker=False,
-    )
+    pipeline = if_sr_pipeline(unet, sampling_scheduler())
     pipeline.set_progress_bar_config(disable=True)
     return pipeline
 
@@ -153,7 +146,7 @@ def pipeline_for(unet: UNet2DConditionModel) -> IFSuperResolutionPipeline:
 def evaluate(
     pipeline: IFSuperResolutionPipeline, *, count: int = 12, steps: int = 10, guidance: float = 1.0
 ) -> dict[str, float]:
-    """Upsample true 32 px scenes: the checker's accuracy at 128 px and the mean error against the true 128 px."""
+    """Upsample true stage I-sized scenes: the checker's accuracy on the output and its mean error against the truth."""
     rng = random.Random(4321)
     scenes = [world.random_scene(rng) for _ in range(count)]
     prompts = [world.full_caption(scene, rng) for scene in scenes]

@@ -1,9 +1,9 @@
 """What the captioner and embedder trainers share: the image pool, augmentation, resuming and fp16 export.
 
-Both models see images the way the product feeds them: a 128 px render (what stage II outputs) scaled to
-the vision tower's 64 px by `CLIPImageProcessorPil` and normalized with CLIP's mean and deviation. Rendering
-a 128 px scene (4x4 supersampled) costs more than a training step of these small models, so the random
-scenes are rendered once into a pool, scaled to 64 px and kept as 8-bit pixels (as a PNG would hold them);
+Both models see images the way the product feeds them: a render at stage II's resolution (what it outputs)
+scaled to the vision tower's 64 px by `CLIPImageProcessorPil` and normalized with CLIP's mean and deviation.
+Rendering a scene that size (4x4 supersampled) costs more than a training step of these small models, so the
+random scenes are rendered once into a pool, scaled to 64 px and kept as 8-bit pixels (as a PNG would hold them);
 each step draws its batch from the pool by the step number and augments it afresh.
 """
 
@@ -26,6 +26,7 @@ from core.presets import TINY, EmbedderSpec, ModelSpec, Preset
 from training import world
 from training.architectures import SR_RESOLUTION, WEIGHTS_DIR
 from training.common import RUNS_DIR
+from workers.preprocessors import clip_image_processor
 
 logger = logging.getLogger("training")
 
@@ -39,14 +40,11 @@ _RENDER_CHUNK = 64
 
 def image_processor() -> CLIPImageProcessorPil:
     """The exported folders' image preprocessing: short side to 64 px, a centre crop, CLIP's normalization."""
-    # The PIL backend by name, as in the tiny preset: the saved config is then the same on every machine.
-    return CLIPImageProcessorPil(
-        size={"shortest_edge": IMAGE_SIZE}, crop_size={"height": IMAGE_SIZE, "width": IMAGE_SIZE}
-    )
+    return clip_image_processor(IMAGE_SIZE)
 
 
 def scene_pool(seed: int, count: int = POOL_SIZE) -> tuple[list[world.Scene], torch.Tensor]:
-    """`count` random scenes and their 128 px renders scaled to 64 px, as (N, 3, 64, 64) uint8.
+    """`count` random scenes and their renders at stage II's resolution scaled to 64 px, as (N, 3, 64, 64) uint8.
 
     The scenes follow from `seed` alone; the pixels are cached under training/runs/vision_pool, so a
     resumed run (or the other vision trainer) does not render them again.
@@ -91,7 +89,7 @@ def augment(images: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
     changes which colour an image shows.
     """
     n = len(images)
-    # Blur half of the images, each with its own width (0.3 to 1 px here, 0.6 to 2 px at 128 px).
+    # Blur half of the images, each with its own width (0.3 to 1 px at this size).
     sigma = torch.empty(n).uniform_(0.3, 1.0, generator=generator)
     blurred = _gaussian_blur(images, sigma)
     use_blur = torch.rand(n, generator=generator) < 0.5
@@ -206,7 +204,7 @@ def product_preset(folder: Path, *, model_id: str = "toy-check", dim: int = 64) 
 
 
 def evaluation_images() -> tuple[list[world.Scene], list[PIL.Image.Image]]:
-    """The 180 distinct scenes at their nominal size, rendered at 128 px as 8-bit RGB images."""
+    """The 180 distinct scenes at their nominal size, rendered at stage II's resolution as 8-bit RGB images."""
     scenes = world.all_scenes()
     pixels = to_uint8(world.render(scenes, SR_RESOLUTION)).permute(0, 2, 3, 1).numpy()
     return scenes, [PIL.Image.fromarray(array) for array in pixels]

