@@ -57,7 +57,7 @@ WARMUP_STEPS = 200
 CROP = 64
 # Augmentation levels seen in training: every level up to the preset's cap, so any a request may ask for.
 assert SR_STAGE.max_noise_level is not None, "core.presets gives every super-resolution stage a cap"
-MAX_NOISE_LEVEL = SR_STAGE.max_noise_level
+NOISE_LEVEL_CAP = SR_STAGE.max_noise_level
 
 
 def low_resolution(scenes: list[world.Scene]) -> torch.Tensor:
@@ -78,7 +78,7 @@ def batch(
         low_resolution(scenes), (SR_RESOLUTION, SR_RESOLUTION), mode="bilinear", align_corners=True
     )
     generator = torch.Generator().manual_seed(seed * 1_000_003 + step + 7)
-    levels = torch.randint(0, MAX_NOISE_LEVEL, (size,), generator=generator)
+    levels = torch.randint(0, NOISE_LEVEL_CAP, (size,), generator=generator)
     noise = torch.randn(upscaled.shape, generator=generator)
     upscaled = noising.add_noise(upscaled, noise, levels)  # type: ignore[attr-defined]
     # One crop per image, at the same place in the target and the condition.
