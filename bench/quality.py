@@ -28,6 +28,7 @@ import PIL.ImageDraw
 import PIL.ImageFont
 import torch
 
+from core.presets import TOY
 from training import world
 from training.checker import read
 
@@ -61,8 +62,10 @@ def main() -> None:
 
     rng = random.Random(args.seed)
 
+    base, final = TOY.base_stage, TOY.stages[-1]
+
     def generate(prompt: str, seed: int) -> PIL.Image.Image:
-        return stages.run_direct(cascade, prompt, num_images=1, seed=seed, resolution=128)["sr_128"][0]
+        return stages.run_direct(cascade, prompt, num_images=1, seed=seed, resolution=final.resolution)[final.name][0]
 
     # 1. Generated images, in the training wording and in held-out wording
     sets: dict[str, Callable[[world.Scene], str]] = {
@@ -117,17 +120,19 @@ def main() -> None:
     print(f"  recall@1 {hits[1] / len(scenes):.1%}, recall@5 {hits[5] / len(scenes):.1%}")
 
     # 4. Time per image and stage: the encoder alone, the cascade stopped at 32 px, the whole cascade
-    timings: dict[str, list[float]] = {"encode_text": [], "base_32": [], "sr_128": []}
+    timings: dict[str, list[float]] = {"encode_text": [], base.name: [], final.name: []}
     for index in range(10):
         prompt = world.full_caption(world.random_scene(rng), rng)
         encode_s = _seconds(lambda p=prompt: stages.encode_prompt(cascade, p))
-        base_s = _seconds(lambda p=prompt, i=index: stages.run_direct(cascade, p, num_images=1, seed=i, resolution=32))
+        base_s = _seconds(
+            lambda p=prompt, i=index: stages.run_direct(cascade, p, num_images=1, seed=i, resolution=base.resolution)
+        )
         whole_s = _seconds(
-            lambda p=prompt, i=index: stages.run_direct(cascade, p, num_images=1, seed=i, resolution=128)
+            lambda p=prompt, i=index: stages.run_direct(cascade, p, num_images=1, seed=i, resolution=final.resolution)
         )
         timings["encode_text"].append(encode_s)
-        timings["base_32"].append(base_s - encode_s)
-        timings["sr_128"].append(whole_s - base_s)
+        timings[base.name].append(base_s - encode_s)
+        timings[final.name].append(whole_s - base_s)
     print("\nseconds per image (median of 10; base = 32 px run minus encoding, sr = 128 px run minus 32 px run):")
     for name, values in timings.items():
         print(f"  {name}: {statistics.median(values):.3f} s")
