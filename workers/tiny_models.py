@@ -60,7 +60,7 @@ logger = logging.getLogger(__name__)
 
 # Bump whenever a config below, or a shared builder it calls (model_configs.py, preprocessors.py,
 # if_pipelines.py), changes, so folders built by an older version are rebuilt. A change to
-# the CLIP embedder also needs a new `model_id` for the tiny preset's embedder in workers/presets.py.
+# the CLIP embedder also needs a new `model_id` for the tiny preset's embedder in core/presets.py.
 TINY_VERSION = "tiny-2"
 TINY_DIR = "tiny"
 STAGE_DIRS: tuple[str, ...] = ("stage_1", "stage_2", "stage_3")
