@@ -4,12 +4,12 @@ The cap applies before authentication and before JSON parsing, so no client, sig
 the API buffer more than one request's worth of bytes.
 """
 
-import json
 import re
 import uuid
 from typing import Any
 
 from fastapi import HTTPException
+from fastapi.responses import JSONResponse
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from api.images import MAX_BASE64_CHARS
@@ -46,7 +46,7 @@ class RequestGuard:
         too_large = f"the request body is over {self.max_body_bytes} bytes"
         declared = headers.get(b"content-length", b"")
         if declared.isdigit() and int(declared) > self.max_body_bytes:
-            await _send_json_error(send, 413, "payload_too_large", too_large, request_id)
+            await _too_large(too_large, request_id)(scope, receive, send)
             return
         received = 0
 
@@ -68,14 +68,13 @@ class RequestGuard:
         await self.app(scope, capped_receive, send_with_id)
 
 
-async def _send_json_error(send: Send, status: int, code: str, message: str, request_id: str) -> None:
-    body = json.dumps({"error": {"code": code, "message": message, "field": "body"}}).encode()
-    headers = [
-        (b"content-type", b"application/json"),
-        (b"content-length", str(len(body)).encode()),
-        (REQUEST_ID_HEADER.encode(), request_id.encode()),
+def _too_large(message: str, request_id: str) -> JSONResponse:
+    # Imported here: api.errors imports this module for the request id.
+    from api.errors import error_body
+
+    return JSONResponse(
+        error_body("payload_too_large", message, "body"),
+        status_code=413,
         # The client may still be sending the body it declared: do not leave the connection half-read.
-        (b"connection", b"close"),
-    ]
-    await send({"type": "http.response.start", "status": status, "headers": headers})
-    await send({"type": "http.response.body", "body": body})
+        headers={REQUEST_ID_HEADER: request_id, "Connection": "close"},
+    )

@@ -27,18 +27,12 @@ from core.limits import (
 from core.presets import PRESETS, Preset, StageKind
 
 
-def _storable(value: str) -> str:
-    # Postgres keeps no NUL character in text or JSONB: such a request would fail at the insert.
-    if "\x00" in value:
-        raise ValueError("must not contain the NUL character (\\u0000)")
-    return value
-
-
 def _storable_json(value: Any, path: str = "") -> None:
-    """A ValueError naming where ``value`` holds what JSONB cannot: a NUL character, NaN or an infinity."""
+    """A ValueError naming where ``value`` holds what Postgres cannot store in text or JSONB: a NUL character,
+    NaN or an infinity (such a request would fail at the insert)."""
     if isinstance(value, str):
         if "\x00" in value:
-            raise ValueError(f"{path or 'a value'} contains the NUL character (\\u0000), which cannot be stored")
+            raise ValueError(f"{path or 'the text'} contains the NUL character (\\u0000), which cannot be stored")
     elif isinstance(value, float):
         if not math.isfinite(value):
             raise ValueError(f"{path or 'a value'} is {value}; only finite numbers can be stored")
@@ -50,6 +44,11 @@ def _storable_json(value: Any, path: str = "") -> None:
     elif isinstance(value, list):
         for index, item in enumerate(value):
             _storable_json(item, f"{path}[{index}]")
+
+
+def _storable(value: str) -> str:
+    _storable_json(value)
+    return value
 
 
 # Request text that will be stored.

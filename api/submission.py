@@ -33,13 +33,13 @@ def resolve_generate_input(data: GenerateInput, preset: Preset) -> GenerateSpec:
         )
     chosen = _chosen_params(data, preset)
     stages = preset.resolve_params(resolution, chosen)
-    for request_key, spec in preset.request_keys().items():
-        noise = stages[spec.name].noise_level if spec.name in stages else None
+    for spec in preset.stages_up_to(resolution):
+        noise = stages[spec.name].noise_level
         if noise is not None and spec.max_noise_level is not None and noise > spec.max_noise_level:
+            field = f"input.stages.{preset.request_key(spec)}.noise_level"
             raise InvalidInput(
-                f"input.stages.{request_key}.noise_level must be between 0 and {spec.max_noise_level} "
-                f"for preset {preset.name!r}, got {noise}",
-                field=f"input.stages.{request_key}.noise_level",
+                f"{field} must be between 0 and {spec.max_noise_level} for preset {preset.name!r}, got {noise}",
+                field=field,
             )
     return GenerateSpec(
         prompt=data.prompt,

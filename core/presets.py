@@ -170,11 +170,11 @@ class Preset:
         resolved: dict[str, StageParams] = {}
         for spec in self.stages_up_to(resolution):
             given = chosen.get(spec.name)
-            steps = given.steps if given is not None and given.steps is not None else spec.default_steps
-            guidance = given.guidance_scale if given is not None else None
-            noise = given.noise_level if given is not None else None
+            steps, guidance, noise = (None, None, None)
+            if given is not None:
+                steps, guidance, noise = given.steps, given.guidance_scale, given.noise_level
             resolved[spec.name] = StageParams(
-                steps,
+                spec.default_steps if steps is None else steps,
                 spec.default_guidance if guidance is None else guidance,
                 None if spec.is_base else (spec.default_noise_level if noise is None else noise),
             )
