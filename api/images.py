@@ -190,7 +190,14 @@ def resolve_image(
 def resolve_image_input(
     session: Session, image: ImageInput, *, tenant_id: UUID, store: ObjectStore, settings: Settings, field: str
 ) -> InputImage:
-    """Store (or find among the tenant's jobs' artifacts) the image a request names: what the job records of it."""
+    """Store (or find among the tenant's jobs' artifacts) the image a request names: what the job records of it.
+
+    Only an artifact needs the database. For a URL (fetched for up to URL_TIMEOUT_S) or an upload, the
+    session's transaction ends first, so the pooled connection is not held while the network is waited on;
+    the session's rows load again on their next use.
+    """
+    if image.artifact is None:
+        session.rollback()
     stored = resolve_image(
         image,
         store=store,
