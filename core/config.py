@@ -50,6 +50,16 @@ class Settings(BaseSettings):
     # Per-tenant quotas, unless the tenant row sets its own; a value <= 0 means unlimited.
     default_requests_per_minute: int = 600
     default_max_jobs_in_flight: int = 100
+    # Long requests a tenant may hold at once, across every API replica (<= 0: unlimited): ``Prefer: wait``
+    # holds past the cap answer at once; event streams and searches past it are a 429.
+    max_waits_per_tenant: int = 10
+    max_streams_per_tenant: int = 20
+    max_searches_per_tenant: int = 4
+    # ``Prefer: wait`` holds one API process serves at once, whatever their tenant: each takes one of the
+    # process's 40 worker threads, and the other requests need the rest.
+    max_waits_per_process: int = 20
+    # How often an open event stream checks that its API key is still live: it ends this soon after a revoke.
+    stream_key_check_s: float = 15.0
 
     max_attempts: int = 3
     sweep_interval_s: float = 15.0

@@ -61,6 +61,12 @@ def find_api_key(session: Session, *, key: str) -> ApiKey | None:
     return session.scalar(select(ApiKey).where(ApiKey.key_hash == hash_key(key), ApiKey.revoked_at.is_(None)))
 
 
+def api_key_is_live(session: Session, *, key_id: uuid.UUID) -> bool:
+    """Whether the key still exists and is not revoked."""
+    query = select(ApiKey.id).where(ApiKey.id == key_id, ApiKey.revoked_at.is_(None))
+    return session.scalar(query) is not None
+
+
 def has_admin_key(session: Session) -> bool:
     """Whether any live admin key exists (the embedded mode creates one on first start)."""
     return (

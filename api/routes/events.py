@@ -2,6 +2,8 @@
 
 import asyncio
 import json
+import time
+import uuid
 from collections.abc import AsyncIterator
 from typing import Annotated, Any
 
@@ -11,17 +13,22 @@ from fastapi.responses import StreamingResponse
 from redis.exceptions import RedisError
 from starlette.concurrency import run_in_threadpool
 
-from api.deps import CurrentJob, SessionDep
+from api.deps import CurrentJob, CurrentKey, SessionDep, SettingsDep
+from api.long_requests import Slot, release_slot, renew_slot, take_slot
 from core.config import get_settings
+from core.errors import TooManyRequests
 from core.live_events import stream_key
 from core.redis_client import client_url
 from db import jobs as job_queries
+from db import tenants
 from db.models import JobStatus
 from db.session import session_scope
 
 router = APIRouter(prefix="/v1/jobs", tags=["jobs"])
 
 KEEPALIVE_S = 15.0
+# A stream's slot (see api.long_requests) lasts this long past each renewal: a few key checks' worth.
+SLOT_TTL_S = 60.0
 _STREAM_ID_CHARS = set("0123456789-")
 
 
@@ -39,14 +46,30 @@ def _final_state(job_id: object) -> tuple[str, str] | None:
         return str(job.status), json.dumps({"status": str(job.status), "error": job.error})
 
 
-async def _stream(job_id: object, last_event_id: str) -> AsyncIterator[str]:
-    client = aioredis.Redis.from_url(client_url(get_settings().redis_url), socket_connect_timeout=2)
+def _key_is_live(key_id: uuid.UUID) -> bool:
+    with session_scope() as session:
+        return tenants.api_key_is_live(session, key_id=key_id)
+
+
+async def _stream(job_id: object, last_event_id: str, *, key_id: uuid.UUID, slot: Slot) -> AsyncIterator[str]:
+    settings = get_settings()
+    client = aioredis.Redis.from_url(client_url(settings.redis_url), socket_connect_timeout=2)
     key = stream_key(job_id)
+    check_every_s = min(settings.stream_key_check_s, SLOT_TTL_S / 4)
+    block_ms = int(min(KEEPALIVE_S, check_every_s) * 1000)
+    checked_at = time.monotonic()
     try:
         while True:
+            if time.monotonic() - checked_at >= check_every_s:
+                # A stream outlives the request that opened it: it ends soon after its key is revoked.
+                if not await run_in_threadpool(_key_is_live, key_id):
+                    yield _frame("error", json.dumps({"code": "unauthorized", "message": "the API key was revoked"}))
+                    return
+                await run_in_threadpool(renew_slot, slot, ttl_s=SLOT_TTL_S)
+                checked_at = time.monotonic()
             replies: Any
             try:
-                replies = await client.xread({key: last_event_id}, block=int(KEEPALIVE_S * 1000), count=100)
+                replies = await client.xread({key: last_event_id}, block=block_ms, count=100)
             except RedisError:
                 replies = None
             for _stream_name, entries in replies or []:
@@ -70,19 +93,30 @@ async def _stream(job_id: object, last_event_id: str) -> AsyncIterator[str]:
             yield ": keepalive\n\n"
     finally:
         await client.aclose()
+        await run_in_threadpool(release_slot, slot)
 
 
 @router.get("/{job_id}/events", response_class=StreamingResponse)
 def stream_job_events(
     job: CurrentJob,
+    key: CurrentKey,
     session: SessionDep,
+    settings: SettingsDep,
     last_event_id: Annotated[str | None, Header(max_length=64)] = None,
 ) -> StreamingResponse:
     """Server-Sent Events: ``status``, ``stage``, ``progress`` and a final ``done``; resume with Last-Event-ID."""
     start = last_event_id if last_event_id and set(last_event_id) <= _STREAM_ID_CHARS else "0-0"
+    key_id, tenant_id = key.id, key.tenant_id
     session.close()  # the stream may last minutes: hold no database connection meanwhile
+    slot = take_slot("stream", tenant_id, limit=settings.max_streams_per_tenant, ttl_s=SLOT_TTL_S)
+    if slot is None:
+        raise TooManyRequests(
+            f"at most {settings.max_streams_per_tenant} event streams of a tenant are open at once;"
+            " close one, or poll GET /v1/jobs/{id}",
+            retry_after_s=int(KEEPALIVE_S),
+        )
     return StreamingResponse(
-        _stream(job.id, start),
+        _stream(job.id, start, key_id=key_id, slot=slot),
         media_type="text/event-stream",
         headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
     )

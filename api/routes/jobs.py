@@ -6,6 +6,7 @@ from fastapi import APIRouter, Header, Query, Response, status
 
 from api.deps import CurrentJob, CurrentKey, LockedJob, SessionDep, SettingsDep, StoreDep
 from api.job_control import cancel_job_now, retry_job_now
+from api.long_requests import wait_slot
 from api.prefer_wait import parse_prefer_wait, wait_for_job
 from api.quotas import check_jobs_in_flight
 from api.schemas import JobCreate, JobList
@@ -60,7 +61,15 @@ def create_job(
             append_live(job.id, "status", {"status": str(job.status)})
             dispatch_job(session, job)
     if wait_s > 0 and not JobStatus(job.status).is_terminal:
-        job = wait_for_job(session, job, wait_s)
+        with wait_slot(
+            key.tenant_id,
+            per_tenant=settings.max_waits_per_tenant,
+            per_process=settings.max_waits_per_process,
+            timeout_s=wait_s,
+        ) as may_wait:
+            if may_wait:
+                job = wait_for_job(session, job, wait_s)
+                response.headers["Preference-Applied"] = f"wait={wait_s:g}"
     if JobStatus(job.status).is_terminal and wait_s > 0:
         response.status_code = status.HTTP_200_OK
     return JobPublic.from_row(job, store, settings.presign_ttl_s)

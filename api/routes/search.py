@@ -9,8 +9,9 @@ from redis.exceptions import RedisError
 
 from api.deps import CurrentKey, SessionDep, SettingsDep, StoreDep
 from api.images import resolve_image_input
+from api.long_requests import release_slot, take_slot
 from api.schemas import SearchRequest, SearchResponse, SearchResult
-from core.errors import InvalidInput, ServiceUnavailable
+from core.errors import InvalidInput, ServiceUnavailable, TooManyRequests
 from core.presets import get_preset
 from db.search import search_embeddings
 from workers.dispatch import send_query_embedding
@@ -56,7 +57,16 @@ def search_index(
         image_key = image.key
     tenant_id = key.tenant_id
     session.rollback()  # hold no pooled connection while an embed worker computes the query's vector
-    model, vector = embed_query(preset.name, text=body.text, image_key=image_key)
+    slot = take_slot("search", tenant_id, limit=settings.max_searches_per_tenant, ttl_s=QUERY_TIMEOUT_S + 30)
+    if slot is None:
+        raise TooManyRequests(
+            f"at most {settings.max_searches_per_tenant} searches of a tenant run at once; retry in a second",
+            retry_after_s=1,
+        )
+    try:
+        model, vector = embed_query(preset.name, text=body.text, image_key=image_key)
+    finally:
+        release_slot(slot)
     hits = search_embeddings(
         session, tenant_id=tenant_id, collection=body.collection, model=model, query=vector, k=body.k
     )
