@@ -263,11 +263,12 @@ class System:
 
         wait_until(ready, 60, "the API to be ready")
 
-    def new_worker(self, name: str = "worker") -> ChildProcess:
-        """Start a model worker (solo pool, as on a GPU machine) for the model stages' queues."""
+    def new_worker(self, name: str = "worker", env: Mapping[str, str] | None = None) -> ChildProcess:
+        """Start a model worker (solo pool, as on a GPU machine) for the model stages' queues; ``env`` adds
+        to the system's environment."""
         queues = ",".join(MODEL_QUEUES)
         args = ["worker", "--pool", "solo", "--queues", queues, "--hostname", f"{name}@%h"]
-        return ChildProcess(name, args, self.env, self.logs).start()
+        return ChildProcess(name, args, {**self.env, **(env or {})}, self.logs).start()
 
     def new_cpu_worker(self, name: str = "cpu-worker") -> ChildProcess:
         """Start the worker for webhook deliveries and control tasks (finalize, sweeps), as in production."""

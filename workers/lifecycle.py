@@ -6,6 +6,7 @@ carries ``seq``, and only the job's current generation may claim a stage.
 """
 
 import logging
+import os
 import threading
 import time
 import uuid
@@ -49,10 +50,17 @@ PROGRESS_INTERVAL_S = 0.25
 # its job fails; these retries are not attempts.
 MAX_TRANSIENT_RETRIES = 12
 MAX_BACKOFF_S = 60
+# How long past its time limit a stage that does not stop at a denoising step may go on before its worker
+# exits (see ``_heartbeat``).
+HARD_LIMIT_GRACE_S = 30.0
 
 
 class StageCanceled(Exception):
     """Raised inside a denoising callback when the job was asked to cancel."""
+
+
+class StageTimedOut(Exception):
+    """Raised inside a denoising callback once the stage has run past its time limit."""
 
 
 @dataclass
@@ -72,6 +80,8 @@ class StageRun:
     earlier_outputs: dict[str, list[dict[str, Any]]]
     outputs: list[dict[str, Any]] = field(default_factory=list)
     artifacts: list[dict[str, Any]] = field(default_factory=list)
+    # time.monotonic() past which the stage stops (IMAGEN_STAGE_TIME_LIMIT_S after it started).
+    deadline: float = float("inf")
 
 
 @contextmanager
@@ -107,13 +117,26 @@ def run_stage(
         log.info("job %s: %s already done; continuing", job_id, stage_name)
         return
     started = time.monotonic()
+    limit_s = get_settings().stage_time_limit_s
+    run.deadline = started + limit_s
     try:
-        with _heartbeat(run.stage_id):
+        with _heartbeat(run.stage_id, deadline=run.deadline):
             work(run)
     except StageCanceled:
         log.info("job %s canceled during %s", job_id, stage_name)
         _cancel(jid)
         raise Ignore() from None
+    except StageTimedOut:
+        error = f"ran past the stage time limit of {limit_s} s"
+        log.warning("job %s: %s %s; it will run again while attempts remain", job_id, stage_name, error)
+        try:
+            _time_out(jid, stage_name, error)
+        except TRANSIENT_ERRORS as unrecorded:
+            # Its heartbeat has stopped: the sweeper sends the stage again once it goes stale.
+            log.warning("job %s: could not record the time-out of %s: %s", job_id, stage_name, unrecorded)
+            raise Ignore() from None
+        # The next claim counts the attempt, and fails the job once they are spent.
+        raise task.retry(countdown=1) from None
     except TRANSIENT_ERRORS as exc:
         will_retry = task.request.retries < MAX_TRANSIENT_RETRIES
         log.warning("job %s: %s hit a transient error (retry %s): %s", job_id, stage_name, will_retry, exc)
@@ -144,6 +167,8 @@ def progress_reporter(run: StageRun) -> Callable[[float], None]:
         except RedisError:
             cancel_hint = False  # the row below is the source of truth; Redis only makes the check cheap
         now = time.monotonic()
+        if now > run.deadline:
+            raise StageTimedOut()
         if not cancel_hint and fraction < 1.0 and now - last_write < PROGRESS_INTERVAL_S:
             return
         last_write = now
@@ -271,6 +296,14 @@ def _fail(job_id: uuid.UUID, stage_name: str, error: str, *, will_retry: bool) -
         events.finished(job)
 
 
+def _time_out(job_id: uuid.UUID, stage_name: str, error: str) -> None:
+    """Put a stage that ran past its time limit back to pending; its attempt stays counted."""
+    with job_transaction() as (session, _events):
+        job = job_queries.get_job(session, job_id=job_id, for_update=True)
+        if job is not None and not JobStatus(job.status).is_terminal:
+            job_queries.mark_stage_pending(job.stage(stage_name), error=error)
+
+
 def _cancel(job_id: uuid.UUID) -> None:
     with job_transaction() as (session, events):
         job = job_queries.get_job(session, job_id=job_id, for_update=True)
@@ -279,14 +312,41 @@ def _cancel(job_id: uuid.UUID) -> None:
             events.finished(job)
 
 
+def _exit_worker(stage_id: uuid.UUID) -> None:
+    log.critical(
+        "stage %s is %.0f s past its time limit and does not stop: exiting the worker, whose restart leaves"
+        " the stage to the sweeper",
+        stage_id,
+        HARD_LIMIT_GRACE_S,
+    )
+    logging.shutdown()
+    os._exit(70)  # EX_SOFTWARE; nothing of this process can be trusted to unwind
+
+
 @contextmanager
-def _heartbeat(stage_id: uuid.UUID) -> Iterator[None]:
-    """Refresh the stage's heartbeat while it runs; the sweeper re-enqueues stages whose beat stops."""
+def _heartbeat(
+    stage_id: uuid.UUID,
+    *,
+    deadline: float,
+    grace_s: float = HARD_LIMIT_GRACE_S,
+    on_overrun: Callable[[uuid.UUID], None] = _exit_worker,
+) -> Iterator[None]:
+    """Refresh the stage's heartbeat while it runs; the sweeper re-enqueues stages whose beat stops.
+
+    A stage past its ``deadline`` stops at its next denoising step (see ``progress_reporter``). One still
+    running ``grace_s`` later (stuck in a call that never returns) calls ``on_overrun``: the solo pool a
+    model worker runs cannot kill one task as prefork's time limit would, so the worker exits. The beat
+    goes on until then, so the sweeper sends the stage elsewhere only once this run is over.
+    """
     interval = max(get_settings().requeue_after_s / 4, 0.5)
+    hard_deadline = deadline + grace_s
     stop = threading.Event()
 
     def beat() -> None:
-        while not stop.wait(interval):
+        while not stop.wait(min(interval, max(hard_deadline - time.monotonic(), 0.05))):
+            if time.monotonic() > hard_deadline:
+                on_overrun(stage_id)
+                return
             try:
                 with session_scope() as session:
                     job_queries.beat_heartbeat(session, stage_id=stage_id)

@@ -1,5 +1,6 @@
 """Faults lose no job and no image: a SIGKILLed worker, a restarted (emptied) broker."""
 
+import threading
 import time
 from collections.abc import Iterator
 
@@ -238,3 +239,40 @@ def test_an_object_store_outage_burns_no_attempt(system: System, client: Client,
             f"jobs/{job['id']}/sr_256/0.png",
         ]
     )
+
+
+def test_a_stage_past_its_time_limit_stops_and_fails_the_job_once_attempts_are_spent(
+    system: System, client: Client, restore_worker: None
+) -> None:
+    """The solo pool ignores Celery's task time limit: the stage itself stops at its next step past the
+    limit, is tried again, and the job fails with the reason once its three attempts are spent."""
+    assert system.worker is not None
+    system.worker.stop()
+    system.worker = system.new_worker("worker-time-limit", env={"IMAGEN_STAGE_TIME_LIMIT_S": "3"})
+    started = time.monotonic()
+    job = client.submit(seed=9, resolution=64, stages={"base": {"steps": 1000}})
+    job = client.wait(job["id"], timeout_s=120)
+    assert job["status"] == "failed", job
+    assert "base_64" in job["error"] and "3 attempts" in job["error"], job["error"]
+    assert "time limit of 3 s" in job["error"], job["error"]
+    base = job["stages"][1]
+    assert base["status"] == "failed" and base["attempts"] == 3 and base["progress"] < 0.9, base
+    assert time.monotonic() - started < 90
+    system.worker.stop()
+    system.worker = system.new_worker()
+
+
+def test_a_stage_stuck_past_its_time_limit_takes_its_worker_down(system: System) -> None:
+    """A stage that never reaches a step again cannot be stopped from inside: once the grace past its
+    deadline is over, the heartbeat calls for the worker's exit (and beat until then, so that the sweeper
+    does not send the stage elsewhere while it still runs here)."""
+    import uuid
+
+    from workers import lifecycle
+
+    overran = threading.Event()
+    deadline = time.monotonic()
+    with lifecycle._heartbeat(uuid.uuid4(), deadline=deadline, grace_s=1.0, on_overrun=lambda _: overran.set()):
+        assert not overran.wait(0.8), "called before the grace was over"
+        assert overran.wait(2), "the overrun was not called"
+        assert time.monotonic() - deadline < 1.5
