@@ -21,7 +21,7 @@ from core.errors import InvalidInput, NotFound
 from core.job_input import ImageSource, InputImage
 from db.jobs import image_artifact_key
 from storage.errors import ObjectNotFound
-from storage.keys import upload_key
+from storage.keys import query_image_key, upload_key
 from storage.object_store import ObjectStore
 
 MAX_IMAGE_BYTES = 20 * 1024 * 1024
@@ -151,15 +151,19 @@ def decode_image_bytes(data: bytes) -> ImageInfo:
     return ImageInfo(width=width, height=height, format=fmt, mime=_MIME[fmt])
 
 
-def store_upload(store: ObjectStore, data: bytes) -> StoredImage:
-    """Validate ``data`` and store it under ``uploads/{sha256}`` unless it is stored already."""
+def store_upload(store: ObjectStore, data: bytes, *, temporary: bool = False) -> StoredImage:
+    """Validate ``data`` and store it under ``uploads/{sha256}`` (or, ``temporary``, a fresh query key).
+
+    Uploads are content-addressed: the same bytes share one object. It is written again on every use all
+    the same: the sweeper deletes uploads no job refers to once they are an hour old, and a write makes
+    this one young, so it cannot be deleted between here and the commit of the job that refers to it.
+    """
     if len(data) > MAX_IMAGE_BYTES:
         raise InvalidImage(f"the image is {len(data)} bytes; at most {MAX_IMAGE_BYTES} (20 MiB) are allowed")
     info = decode_image_bytes(data)
     sha256 = hashlib.sha256(data).hexdigest()
-    key = upload_key(sha256)
-    if not store.exists(key):  # content-addressed: the same bytes are stored once
-        store.put(key, data, info.mime)
+    key = query_image_key() if temporary else upload_key(sha256)
+    store.put(key, data, info.mime)
     return StoredImage(key=key, sha256=sha256, width=info.width, height=info.height, mime=info.mime)
 
 
@@ -170,8 +174,10 @@ def resolve_image(
     allow_private: bool,
     find_artifact: Callable[[UUID, str, int], str | None],
     field: str,
+    temporary: bool = False,
 ) -> StoredImage:
-    """The stored, validated image that ``image`` names.
+    """The stored, validated image that ``image`` names (an upload or a URL's image under a query key that
+    the caller deletes when done, if ``temporary``).
 
     Blocks (a URL is fetched for up to URL_TIMEOUT_S): call it from a sync handler or a worker thread.
     ``find_artifact(job_id, stage, index)`` returns the key of that image if it belongs to one of the
@@ -179,16 +185,25 @@ def resolve_image(
     "input.image") prefixes the field they name.
     """
     if image.base64 is not None:
-        return _resolve_base64(image.base64, store=store, field=f"{field}.base64")
+        return _resolve_base64(image.base64, store=store, field=f"{field}.base64", temporary=temporary)
     if image.url is not None:
-        return _resolve_url(image.url, store=store, allow_private=allow_private, field=f"{field}.url")
+        return _resolve_url(
+            image.url, store=store, allow_private=allow_private, field=f"{field}.url", temporary=temporary
+        )
     if image.artifact is not None:
         return _resolve_artifact(image.artifact, store=store, find_artifact=find_artifact, field=f"{field}.artifact")
     raise InvalidInput("give exactly one of base64, artifact or url", field=field)
 
 
 def resolve_image_input(
-    session: Session, image: ImageInput, *, tenant_id: UUID, store: ObjectStore, settings: Settings, field: str
+    session: Session,
+    image: ImageInput,
+    *,
+    tenant_id: UUID,
+    store: ObjectStore,
+    settings: Settings,
+    field: str,
+    temporary: bool = False,
 ) -> InputImage:
     """Store (or find among the tenant's jobs' artifacts) the image a request names: what the job records of it.
 
@@ -206,6 +221,7 @@ def resolve_image_input(
             session, tenant_id=tenant_id, job_id=job_id, stage=stage, index=index
         ),
         field=field,
+        temporary=temporary,
     )
     source: ImageSource = "base64" if image.base64 is not None else "url" if image.url is not None else "artifact"
     return InputImage(
@@ -213,7 +229,7 @@ def resolve_image_input(
     )
 
 
-def _resolve_base64(text: str, *, store: ObjectStore, field: str) -> StoredImage:
+def _resolve_base64(text: str, *, store: ObjectStore, field: str, temporary: bool) -> StoredImage:
     try:
         compact = _compact_base64(text)
     except InvalidImage as err:
@@ -223,12 +239,12 @@ def _resolve_base64(text: str, *, store: ObjectStore, field: str) -> StoredImage
     except (binascii.Error, ValueError) as err:
         raise InvalidInput(f"not valid base64 ({err})", field=field) from None
     try:
-        return store_upload(store, data)
+        return store_upload(store, data, temporary=temporary)
     except InvalidImage as err:
         raise InvalidInput(str(err), field=field) from None
 
 
-def _resolve_url(url: str, *, store: ObjectStore, allow_private: bool, field: str) -> StoredImage:
+def _resolve_url(url: str, *, store: ObjectStore, allow_private: bool, field: str, temporary: bool) -> StoredImage:
     try:
         result = fetch(url, allow_private=allow_private, max_bytes=MAX_IMAGE_BYTES, timeout_s=URL_TIMEOUT_S)
     except BlockedAddress as err:
@@ -236,7 +252,7 @@ def _resolve_url(url: str, *, store: ObjectStore, allow_private: bool, field: st
     except FetchError as err:
         raise InvalidInput(f"cannot fetch the image: {err}", field=field) from None
     try:
-        return store_upload(store, result.content)
+        return store_upload(store, result.content, temporary=temporary)
     except InvalidImage as err:
         raise InvalidInput(f"{result.final_url}: {err}", field=field) from None
 

@@ -69,6 +69,10 @@ class Settings(BaseSettings):
     # message that was only slow (a long queue) stays valid and runs the stage once.
     stranded_after_s: float = 600.0
     stage_time_limit_s: int = 3600
+    # Uploaded images no job refers to (a refused submission's, a deleted job's) are deleted once this
+    # old; the sweep looks for them at most this often.
+    unused_upload_ttl_s: float = 3600.0
+    unused_upload_sweep_s: float = 600.0
 
     @property
     def resolved_models_dir(self) -> Path:

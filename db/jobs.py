@@ -368,3 +368,12 @@ def try_sweep_lock(session: Session) -> bool:
 
 def stale_seconds_ago(seconds: float) -> datetime:
     return now() - timedelta(seconds=seconds)
+
+
+def referenced_upload_keys(session: Session, *, keys: Sequence[str]) -> set[str]:
+    """Those of ``keys`` that a job's input image refers to (the rest are uploads no job uses)."""
+    if not keys:
+        return set()
+    image_key = Job.input["image"]["key"].astext
+    query = select(image_key).where(Job.input.has_key("image"), image_key.in_(list(keys))).distinct()
+    return set(session.scalars(query))

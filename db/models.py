@@ -77,6 +77,12 @@ class Job(Base):
         Index("ix_jobs_active", "status", postgresql_where=text("status IN ('queued', 'running')")),
         # The jobs-in-flight quota counts a tenant's live jobs on every submission.
         Index("ix_jobs_tenant_in_flight", "tenant_id", postgresql_where=text("status IN ('queued', 'running')")),
+        # The sweeper looks up which stored uploads jobs still refer to (caption and index jobs).
+        Index(
+            "ix_jobs_input_image_key",
+            text("(input -> 'image' ->> 'key')"),
+            postgresql_where=text("input ? 'image'"),
+        ),
     )
 
     id: Mapped[UUIDPk]

@@ -1,7 +1,7 @@
 """Object keys: the rules every store enforces, and the layout of ARCHITECTURE.md section 3."""
 
 import re
-from uuid import UUID
+from uuid import UUID, uuid4
 
 from storage.errors import InvalidKey
 
@@ -56,4 +56,13 @@ def upload_key(sha256: str) -> str:
     """The key of a client-supplied image, addressed by the hex SHA-256 of its bytes."""
     if not re.fullmatch(r"[0-9a-f]{64}", sha256):
         raise InvalidKey(f"sha256 must be 64 lowercase hex digits, got {sha256!r}")
-    return f"uploads/{sha256}"
+    return f"{UPLOADS_PREFIX}{sha256}"
+
+
+UPLOADS_PREFIX = "uploads/"
+QUERIES_PREFIX = "queries/"
+
+
+def query_image_key() -> str:
+    """A fresh key for a search's example image: kept only while the search runs."""
+    return f"{QUERIES_PREFIX}{uuid4().hex}"

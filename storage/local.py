@@ -5,6 +5,7 @@ import mimetypes
 import os
 import tempfile
 import time
+from datetime import datetime
 from pathlib import Path
 from urllib.parse import quote
 
@@ -110,6 +111,30 @@ class LocalObjectStore:
         except OSError as err:
             raise StoreUnavailable(f"cannot delete {prefix!r} under {self._root}: {err}") from err
         return deleted
+
+    def list_keys(self, prefix: str, *, modified_before: datetime, limit: int) -> list[str]:
+        """Up to ``limit`` keys under ``prefix`` whose file was last written before ``modified_before``."""
+        validate_prefix(prefix)
+        folder = prefix.rpartition("/")[0]
+        start = self._root.joinpath(*folder.split("/")) if folder else self._root
+        before = modified_before.timestamp()
+        keys: list[str] = []
+        try:
+            for dirpath, _dirnames, filenames in os.walk(start):
+                here = Path(dirpath)
+                for name in filenames:
+                    key = (here / name).relative_to(self._root).as_posix()
+                    if name.startswith(_TMP_PREFIX) or not key.startswith(prefix):
+                        continue
+                    if (here / name).stat().st_mtime < before:
+                        keys.append(key)
+                        if len(keys) >= limit:
+                            return keys
+        except FileNotFoundError:
+            pass  # deleted while listed
+        except OSError as err:
+            raise StoreUnavailable(f"cannot list {prefix!r} under {self._root}: {err}") from err
+        return keys
 
     def presigned_url(self, key: str, ttl_s: int) -> str:
         """``{base_url}/files/{key}?expires=<unix time>&signature=<hex HMAC-SHA256>``."""

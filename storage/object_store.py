@@ -1,5 +1,6 @@
 """The ObjectStore protocol that the API and the workers program against."""
 
+from datetime import datetime
 from typing import Protocol, runtime_checkable
 
 # SigV4 presigned URLs live at most 7 days; the local store keeps the same limit so both behave alike.
@@ -33,6 +34,11 @@ class ObjectStore(Protocol):
 
     def delete_prefix(self, prefix: str) -> int:
         """Delete every object whose key starts with ``prefix`` (non-empty); return how many."""
+        ...
+
+    def list_keys(self, prefix: str, *, modified_before: datetime, limit: int) -> list[str]:
+        """Up to ``limit`` keys under ``prefix`` (non-empty) whose object was last written before
+        ``modified_before`` (timezone-aware)."""
         ...
 
     def presigned_url(self, key: str, ttl_s: int) -> str:

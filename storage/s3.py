@@ -4,7 +4,7 @@ import io
 import os
 from collections.abc import Iterator
 from contextlib import contextmanager
-from datetime import timedelta
+from datetime import datetime, timedelta
 from typing import NoReturn
 from urllib.parse import urlsplit
 
@@ -140,6 +140,19 @@ class S3ObjectStore:
                 f" {first.name}: {first.code} {first.message}"
             )
         return len(names)
+
+    def list_keys(self, prefix: str, *, modified_before: datetime, limit: int) -> list[str]:
+        """Up to ``limit`` keys under ``prefix`` last written before ``modified_before``."""
+        validate_prefix(prefix)
+        keys: list[str] = []
+        with self._translated_errors():
+            for obj in self._client.list_objects(self._bucket, prefix=prefix, recursive=True):
+                modified = obj.last_modified
+                if obj.object_name is not None and modified is not None and modified < modified_before:
+                    keys.append(obj.object_name)
+                    if len(keys) >= limit:
+                        break
+        return keys
 
     def presigned_url(self, key: str, ttl_s: int) -> str:
         """A presigned GET URL for ``key``, at the public endpoint when one is configured."""

@@ -7,6 +7,7 @@ from core.statuses import JobStatus, StageStatus
 from db import jobs as job_queries
 from workers.lifecycle import job_transaction
 from workers.sweeper import sweep_lost_jobs
+from workers.unused_uploads import sweep_unused_uploads
 from workers.webhooks import sweep_due_webhooks
 
 log = logging.getLogger(__name__)
@@ -29,6 +30,7 @@ def finalize_job(job_id: uuid.UUID, seq: int) -> None:
 
 
 def sweep() -> None:
-    """Re-enqueue the jobs and webhook deliveries the broker lost."""
+    """Re-enqueue the jobs and webhook deliveries the broker lost; now and then, delete unused uploads."""
     sweep_lost_jobs()
     sweep_due_webhooks()
+    sweep_unused_uploads()

@@ -6,14 +6,20 @@ from celery.exceptions import TimeoutError as CeleryTimeout
 from fastapi import APIRouter
 from kombu.exceptions import KombuError
 from redis.exceptions import RedisError
+from sqlalchemy.orm import Session
 
 from api.deps import CurrentKey, SessionDep, SettingsDep, StoreDep
 from api.images import resolve_image_input
 from api.long_requests import release_slot, take_slot
 from api.schemas import SearchRequest, SearchResponse, SearchResult
+from core.config import Settings
 from core.errors import InvalidInput, ServiceUnavailable, TooManyRequests
 from core.presets import get_preset
+from db.models import ApiKey
 from db.search import search_embeddings
+from storage.errors import StoreError
+from storage.keys import QUERIES_PREFIX
+from storage.object_store import ObjectStore
 from workers.dispatch import send_query_embedding
 
 router = APIRouter(prefix="/v1", tags=["search"])
@@ -48,25 +54,41 @@ def search_index(
     """The k images of the tenant's collection nearest to a text or an image, best first."""
     if (body.text is None) == (body.image is None):
         raise InvalidInput("give exactly one of text or image", field="text")
-    preset = get_preset(settings.model_preset)
-    image_key = None
-    if body.image is not None:
-        image = resolve_image_input(
-            session, body.image, tenant_id=key.tenant_id, store=store, settings=settings, field="image"
-        )
-        image_key = image.key
-    tenant_id = key.tenant_id
-    session.rollback()  # hold no pooled connection while an embed worker computes the query's vector
-    slot = take_slot("search", tenant_id, limit=settings.max_searches_per_tenant, ttl_s=QUERY_TIMEOUT_S + 30)
+    slot = take_slot("search", key.tenant_id, limit=settings.max_searches_per_tenant, ttl_s=QUERY_TIMEOUT_S + 30)
     if slot is None:
         raise TooManyRequests(
             f"at most {settings.max_searches_per_tenant} searches of a tenant run at once; retry in a second",
             retry_after_s=1,
         )
+    image_key = None
     try:
-        model, vector = embed_query(preset.name, text=body.text, image_key=image_key)
+        if body.image is not None:
+            image = resolve_image_input(
+                session,
+                body.image,
+                tenant_id=key.tenant_id,
+                store=store,
+                settings=settings,
+                field="image",
+                temporary=True,
+            )
+            image_key = image.key
+        return _search(body, key=key, session=session, store=store, settings=settings, image_key=image_key)
     finally:
         release_slot(slot)
+        if image_key is not None and image_key.startswith(QUERIES_PREFIX):
+            # The example image served this search only (the sweeper deletes any a crash left behind).
+            with contextlib.suppress(StoreError):
+                store.delete_prefix(image_key)
+
+
+def _search(
+    body: SearchRequest, *, key: ApiKey, session: Session, store: ObjectStore, settings: Settings, image_key: str | None
+) -> SearchResponse:
+    preset = get_preset(settings.model_preset)
+    tenant_id = key.tenant_id
+    session.rollback()  # hold no pooled connection while an embed worker computes the query's vector
+    model, vector = embed_query(preset.name, text=body.text, image_key=image_key)
     hits = search_embeddings(
         session, tenant_id=tenant_id, collection=body.collection, model=model, query=vector, k=body.k
     )

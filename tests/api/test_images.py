@@ -109,7 +109,9 @@ def test_a_malformed_artifact_reference_is_refused(artifact: dict[str, Any]) -> 
 # Base64.
 
 
-def test_a_base64_png_is_stored_once_under_its_sha256(store: LocalObjectStore, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_a_base64_png_is_stored_under_its_sha256_and_written_on_each_use(
+    store: LocalObjectStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
     data = _png(48, 32)
     stored = _resolve(_b64(data), store)
     sha256 = hashlib.sha256(data).hexdigest()
@@ -125,7 +127,16 @@ def test_a_base64_png_is_stored_once_under_its_sha256(store: LocalObjectStore, m
 
     monkeypatch.setattr(store, "put", counting_put)
     assert _resolve(_b64(data), store) == stored
-    assert puts == []  # submitted twice, stored once
+    # One object for both submissions, written again: the unused-upload sweep counts age from the last use.
+    assert puts == [stored.key]
+
+
+def test_a_temporary_image_gets_a_query_key_of_its_own(store: LocalObjectStore) -> None:
+    data = _png(48, 32)
+    first = store_upload(store, data, temporary=True)
+    second = store_upload(store, data, temporary=True)
+    assert first.key.startswith("queries/") and second.key.startswith("queries/") and first.key != second.key
+    assert store.get(first.key) == data
 
 
 def test_a_data_url_and_line_breaks_are_accepted(store: LocalObjectStore) -> None:

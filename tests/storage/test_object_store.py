@@ -9,6 +9,7 @@ import struct
 import time
 import uuid
 import zlib
+from datetime import UTC, datetime, timedelta
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -110,6 +111,21 @@ def test_delete_prefix_matches_like_s3_string_prefixes(store: ObjectStore) -> No
     store.put("jobs/b/0.png", b"3", "image/png")
     assert store.delete_prefix("jobs/ab") == 2
     assert store.exists("jobs/b/0.png")
+
+
+def test_list_keys_finds_objects_written_before_a_time_under_a_prefix(store: ObjectStore) -> None:
+    prefix = f"uploads-{uuid.uuid4().hex[:8]}/"
+    old = [f"{prefix}a", f"{prefix}b"]
+    for key in old:
+        store.put(key, b"1", "image/png")
+    store.put(f"other-{prefix}c", b"1", "image/png")
+    time.sleep(1.1)  # S3 keeps whole seconds
+    between = datetime.now(UTC)
+    time.sleep(1.1)
+    store.put(f"{prefix}young", b"2", "image/png")
+    assert sorted(store.list_keys(prefix, modified_before=between, limit=10)) == old
+    assert len(store.list_keys(prefix, modified_before=between, limit=1)) == 1
+    assert len(store.list_keys(prefix, modified_before=datetime.now(UTC) + timedelta(seconds=5), limit=10)) == 3
 
 
 def test_delete_prefix_refuses_an_empty_prefix(store: ObjectStore) -> None:
