@@ -9,9 +9,9 @@ import struct
 import time
 import uuid
 import zlib
-from datetime import UTC, datetime, timedelta
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from urllib.parse import parse_qs, urlsplit
 
