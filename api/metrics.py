@@ -1,9 +1,8 @@
-"""Prometheus metrics of the whole system, computed at scrape time from Postgres and Redis.
+"""Prometheus metrics of the whole system: counters from Redis, live gauges from Postgres, queue depths.
 
-Jobs, stages and webhook attempts are rows that every API replica and worker writes, so counting rows
-gives any replica's scrape the whole system, where in-process counters would each see one process.
-The counters are counts of rows: deleting jobs, or retrying a failed one, lowers them, which
-Prometheus reads as a counter reset.
+Every API replica and worker adds to the same counters in Redis (``core.metric_counts``), so any replica's
+scrape sees the whole system; Postgres answers only what is live now, through partial indexes. A scrape
+therefore costs the same however many jobs ever ran.
 """
 
 import logging
@@ -16,21 +15,17 @@ from redis.exceptions import RedisError
 from sqlalchemy.exc import SQLAlchemyError
 
 from core.job_input import JOB_KINDS
+from core.metric_counts import QUEUE_WAIT_BUCKETS, STAGE_DURATION_BUCKETS, Counts, HistogramRow, read_counts
 from core.model_loads import MODEL_LOADS_KEY, parse_model_load_field
 from core.redis_client import get_redis
 from core.routing import QUEUES
 from db import metrics as queries
 from db.models import JobStatus
 from db.session import new_session
-from db.webhooks import DeliveryStatus
 from workers.celery_app import app as celery_app
 
 log = logging.getLogger(__name__)
 
-# From 10 ms (a tiny CLIP) to 10 min (a real-size stage on a slow card).
-STAGE_DURATION_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600)
-# Waits grow with the backlog, well past a stage's run time.
-QUEUE_WAIT_BUCKETS = (*STAGE_DURATION_BUCKETS, 1800, 3600)
 # A scrape that takes longer than this is dropped rather than left to load the database.
 _STATEMENT_TIMEOUT_MS = 5000
 # Model load times are kept per worker process; a bound on how many one scrape reads.
@@ -64,40 +59,18 @@ class SystemCollector(Collector):
         session = new_session()
         try:
             queries.begin_scrape(session, timeout_ms=_STATEMENT_TIMEOUT_MS)
-            jobs = queries.job_counts(session)
-            durations = queries.stage_duration_histograms(session, bounds=STAGE_DURATION_BUCKETS)
-            waits = queries.stage_queue_wait_histograms(session, bounds=QUEUE_WAIT_BUCKETS)
-            outcomes = queries.webhook_attempt_outcomes(session)
-            events = queries.webhook_event_counts(session)
+            live = queries.live_job_counts(session)
+            pending = queries.pending_webhook_events(session)
         finally:
             session.rollback()
             session.close()
-        yield from _job_families(jobs)
-        yield _histogram(
-            "imagen_stage_duration_seconds",
-            "Run time of succeeded stages",
-            ["stage", "preset"],
-            STAGE_DURATION_BUCKETS,
-            durations,
-        )
-        yield _histogram(
-            "imagen_stage_queue_wait_seconds",
-            "Time succeeded stages waited in their queue before their last attempt started",
-            ["stage"],
-            QUEUE_WAIT_BUCKETS,
-            waits,
-        )
-        deliveries = CounterMetricFamily(
-            "imagen_webhook_deliveries",
-            "Webhook delivery attempts by outcome (delivered: 2xx, http_error: another status, error: no answer)",
-            labels=["outcome"],
-        )
-        for outcome, count in outcomes.items():
-            deliveries.add_metric([outcome], count)
-        yield deliveries
-        outbox = GaugeMetricFamily("imagen_webhook_events", "Webhook events by delivery status", labels=["status"])
-        for status in _with_known(events, [s.value for s in DeliveryStatus]):
-            outbox.add_metric([status], events.get(status, 0))
+        current = GaugeMetricFamily("imagen_jobs", "Jobs queued or running now", labels=["kind", "status"])
+        for kind in _with_known({kind for kind, _ in live}, JOB_KINDS):
+            for status in queries.LIVE_STATUSES:
+                current.add_metric([kind, status.value], live.get((kind, status.value), 0))
+        yield current
+        outbox = GaugeMetricFamily("imagen_webhook_events_pending", "Webhook events waiting to be delivered")
+        outbox.add_metric([], pending)
         yield outbox
 
     def _redis_families(self) -> Iterator[Metric]:
@@ -117,27 +90,47 @@ class SystemCollector(Collector):
             position += len(keys)
         yield depth
         yield _model_loads(loads)
+        yield from _counter_families(read_counts())
 
 
-def _job_families(counts: dict[tuple[str, str], int]) -> Iterator[Metric]:
-    kinds = _with_known({kind for kind, _ in counts}, JOB_KINDS)
-    submitted = CounterMetricFamily("imagen_jobs_submitted", "Jobs submitted (jobs on record)", labels=["kind"])
+def _counter_families(counts: Counts) -> Iterator[Metric]:
+    kinds = _with_known({*counts.submitted, *(kind for kind, _ in counts.finished)}, JOB_KINDS)
+    submitted = CounterMetricFamily("imagen_jobs_submitted", "Jobs submitted", labels=["kind"])
     finished = CounterMetricFamily(
         "imagen_jobs_finished", "Jobs that ended, by how they ended", labels=["kind", "status"]
     )
-    current = GaugeMetricFamily("imagen_jobs", "Jobs by current status", labels=["kind", "status"])
     for kind in kinds:
-        submitted.add_metric([kind], sum(n for (k, _), n in counts.items() if k == kind))
+        submitted.add_metric([kind], counts.submitted.get(kind, 0))
         for status in JobStatus:
-            count = counts.get((kind, status.value), 0)
-            current.add_metric([kind, status.value], count)
             if status.is_terminal:
-                finished.add_metric([kind, status.value], count)
-    yield from (submitted, finished, current)
+                finished.add_metric([kind, status.value], counts.finished.get((kind, status.value), 0))
+    yield from (submitted, finished)
+    yield _histogram(
+        "imagen_stage_duration_seconds",
+        "Run time of succeeded stages",
+        ["stage", "preset"],
+        STAGE_DURATION_BUCKETS,
+        counts.stage_durations,
+    )
+    yield _histogram(
+        "imagen_stage_queue_wait_seconds",
+        "Time succeeded stages waited in their queue before their last attempt started",
+        ["stage"],
+        QUEUE_WAIT_BUCKETS,
+        counts.stage_queue_waits,
+    )
+    deliveries = CounterMetricFamily(
+        "imagen_webhook_deliveries",
+        "Webhook delivery attempts by outcome (delivered: 2xx, http_error: another status, error: no answer)",
+        labels=["outcome"],
+    )
+    for outcome in _with_known(counts.webhook_attempts, ["delivered", "http_error", "error"]):
+        deliveries.add_metric([outcome], counts.webhook_attempts.get(outcome, 0))
+    yield deliveries
 
 
 def _histogram(
-    name: str, documentation: str, labels: list[str], bounds: Sequence[float], rows: list[queries.HistogramRow]
+    name: str, documentation: str, labels: list[str], bounds: Sequence[float], rows: list[HistogramRow]
 ) -> HistogramMetricFamily:
     family = HistogramMetricFamily(name, documentation, labels=labels)
     for row in rows:

@@ -1,8 +1,9 @@
 """Job events: the webhook outbox, written in the state change's transaction, and the live stream.
 
 A state change records its events on a ``JobEvents`` while its transaction is open; after the commit,
-``publish`` appends them to the job's Redis stream (what ``GET /v1/jobs/{id}/events`` reads) and hands
-each webhook delivery to ``deliver`` (the dispatcher's ``enqueue_delivery``). If Redis is down at that
+``publish`` appends them to the job's Redis stream (what ``GET /v1/jobs/{id}/events`` reads), counts
+them for the metrics, and hands each webhook delivery to ``deliver`` (the dispatcher's
+``enqueue_delivery``). If Redis is down at that
 moment nothing is lost: the outbox rows are in Postgres (the sweeper enqueues them), and the event
 stream falls back to the job's row.
 """
@@ -16,6 +17,7 @@ from sqlalchemy.orm import Session
 from core.config import get_settings
 from core.job_view import JobPublic
 from core.live_events import append_live
+from core.metric_counts import StageObservation, count_events
 from core.statuses import JobStatus
 from db.models import Job, JobStage
 from db.webhooks import record_event
@@ -35,6 +37,8 @@ class JobEvents:
         self.store = store
         self._live: list[tuple[uuid.UUID, str, dict[str, Any]]] = []
         self._deliveries: list[uuid.UUID] = []
+        self._finished: list[tuple[str, str]] = []
+        self._stages: list[StageObservation] = []
 
     def _webhook(self, job: Job, type: str, **extra: Any) -> None:
         if not job.webhook:
@@ -59,16 +63,22 @@ class JobEvents:
             (job.id, "stage", {"name": stage.name, "status": str(stage.status), "duration_ms": stage.duration_ms})
         )
         self._webhook(job, "job.stage", stage=stage.name)
+        waited = None
+        if stage.queued_at is not None and stage.started_at is not None:
+            waited = (stage.started_at - stage.queued_at).total_seconds()
+        self._stages.append(StageObservation(stage.name, job.preset, (stage.duration_ms or 0) / 1000, waited))
 
     def finished(self, job: Job) -> None:
         status = JobStatus(job.status)
         self._live.append((job.id, "status", {"status": str(status), "error": job.error}))
         self._live.append((job.id, "done", {"status": str(status)}))
         self._webhook(job, f"job.{status}")
+        self._finished.append((job.kind, str(status)))
 
     def publish(self, deliver: Callable[[uuid.UUID], object]) -> None:
-        """After the commit: the live stream, then the webhook deliveries."""
+        """After the commit: the live stream, the metrics, then the webhook deliveries."""
         for job_id, event, data in self._live:
             append_live(job_id, event, data)
+        count_events(finished=self._finished, stages=self._stages)
         for event_id in self._deliveries:
             deliver(event_id)

@@ -21,6 +21,7 @@ from standardwebhooks import Webhook
 
 from core.address_guard import BlockedAddress, FetchError, FetchFailed, InvalidUrl, TooLarge, fetch
 from core.config import Settings, get_settings
+from core.metric_counts import count_events
 from db import webhooks as webhook_queries
 from db.models import Tenant, WebhookEvent
 from db.session import session_scope
@@ -152,6 +153,8 @@ def deliver_event(event_id: str) -> None:
             webhook_queries.schedule_retry(event, delay_s=delay)
             retry_in = delay if delay <= _LONGEST_COUNTDOWN_S else None
             log.info("webhook %s attempt %d: %s; next in %.1f s", event.id, event.attempts, result.error, delay)
+    outcome = "delivered" if result.delivered else "http_error" if result.status_code is not None else "error"
+    count_events(webhook_attempts=[outcome])
     # After the commit: the next attempt must find the schedule it was sent for.
     if retry_in is not None:
         enqueue_delivery(uuid.UUID(event_id), countdown=retry_in)

@@ -13,6 +13,7 @@ from api.schemas import JobCreate, JobList
 from api.submission import create_job_row, idempotent_replay, request_fingerprint
 from core.job_view import JobPublic
 from core.live_events import append_live
+from core.metric_counts import count_events
 from core.presets import get_preset
 from core.statuses import JobStatus
 from db import jobs as job_queries
@@ -59,6 +60,7 @@ def create_job(
             check_jobs_in_flight(session, tenant=key.tenant, settings=settings)
             session.commit()
             append_live(job.id, "status", {"status": str(job.status)})
+            count_events(submitted=[job.kind])
             dispatch_job(session, job)
     if wait_s > 0 and not JobStatus(job.status).is_terminal:
         with wait_slot(

@@ -21,7 +21,7 @@ FAMILIES = {
     "imagen_stage_queue_wait_seconds": "histogram",
     "imagen_queue_depth": "gauge",
     "imagen_webhook_deliveries": "counter",
-    "imagen_webhook_events": "gauge",
+    "imagen_webhook_events_pending": "gauge",
     "imagen_model_load_seconds": "gauge",
     "imagen_metrics_scrape_error": "gauge",
 }
@@ -86,7 +86,6 @@ def test_counters_and_stage_histograms_move_by_one_per_job(system: System, clien
 
     assert moved("imagen_jobs_submitted_total", kind="generate") == 1
     assert moved("imagen_jobs_finished_total", kind="generate", status="succeeded") == 1
-    assert moved("imagen_jobs", kind="generate", status="succeeded") == 1
     assert moved("imagen_stage_duration_seconds_count", **stage) == 1
     assert moved("imagen_stage_duration_seconds_bucket", le="+Inf", **stage) == 1
     assert moved("imagen_stage_duration_seconds_sum", **stage) > 0
@@ -122,14 +121,16 @@ def test_queue_depth_reads_the_lists_kombu_publishes_to(system: System) -> None:
 
 def test_an_unreachable_redis_is_flagged_not_fatal(system: System, monkeypatch: pytest.MonkeyPatch) -> None:
     import api.metrics
+    import core.metric_counts
 
     dead = redis.Redis(port=free_port(), socket_connect_timeout=1)
     monkeypatch.setattr(api.metrics, "get_redis", lambda: dead)
+    monkeypatch.setattr(core.metric_counts, "get_redis", lambda: dead)
     families = _parse(generate_latest(api.metrics.REGISTRY).decode())
     errors = {s.labels["source"]: s.value for s in families["imagen_metrics_scrape_error"].samples}
     assert errors == {"database": 0, "redis": 1}
-    assert "imagen_queue_depth" not in families
-    assert families["imagen_jobs_submitted"].samples
+    assert "imagen_queue_depth" not in families and "imagen_jobs_submitted" not in families
+    assert families["imagen_jobs"].samples
 
 
 def test_an_unreachable_database_is_flagged_not_fatal(system: System, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -145,3 +146,23 @@ def test_an_unreachable_database_is_flagged_not_fatal(system: System, monkeypatc
     assert errors == {"database": 1, "redis": 0}
     assert "imagen_jobs" not in families
     assert {s.labels["queue"] for s in families["imagen_queue_depth"].samples} >= {"sr"}
+
+
+def test_a_histogram_counts_each_observation_in_its_bucket_and_above(system: System) -> None:
+    import uuid
+
+    from core.metric_counts import STAGE_DURATION_BUCKETS, StageObservation, count_events, read_counts
+
+    stage = f"stage-{uuid.uuid4().hex[:6]}"
+    count_events(
+        stages=[
+            StageObservation(stage, "tiny", 0.005, 2.0),  # the first bucket
+            StageObservation(stage, "tiny", 0.3, None),  # le=0.5 and above; no queue wait known
+            StageObservation(stage, "tiny", 700.0, 1.0),  # past the last bound: +Inf only
+        ]
+    )
+    (row,) = [r for r in read_counts().stage_durations if r.labels == (stage, "tiny")]
+    expected = tuple(int(b >= 0.005) + int(b >= 0.3) for b in STAGE_DURATION_BUCKETS)
+    assert row.cumulative == expected and row.count == 3 and row.sum == pytest.approx(700.305)
+    (wait,) = [r for r in read_counts().stage_queue_waits if r.labels == (stage,)]
+    assert wait.count == 2 and wait.sum == pytest.approx(3.0)
