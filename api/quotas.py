@@ -11,7 +11,7 @@ from redis.exceptions import RedisError
 from sqlalchemy.orm import Session
 
 from core.config import Settings
-from core.errors import QuotaExceeded, RateLimited
+from core.errors import InvalidInput, QuotaExceeded, RateLimited
 from core.redis_client import get_redis
 from db import jobs as job_queries
 from db import tenants
@@ -104,6 +104,15 @@ def _take(key: str, per_minute: int) -> int:
         log.warning("rate limits not enforced for %.0f s: Redis is unreachable (%s)", _REDIS_RETRY_S, exc)
         return 0
     return max(1, math.ceil(wait_us / 1_000_000)) if wait_us > 0 else 0
+
+
+def check_priority(priority: int, *, tenant: Tenant, settings: Settings) -> None:
+    """InvalidInput (a 422 naming ``priority``) if ``priority`` is above the tenant's ceiling."""
+    ceiling = settings.default_max_priority if tenant.max_priority is None else tenant.max_priority
+    if priority > ceiling:
+        raise InvalidInput(
+            f"priority must be at most {ceiling} for this tenant (its max_priority), got {priority}", field="priority"
+        )
 
 
 def check_jobs_in_flight(session: Session, *, tenant: Tenant, settings: Settings) -> None:

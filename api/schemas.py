@@ -19,6 +19,7 @@ from core.limits import (
     MAX_METADATA_BYTES,
     MAX_NEW_TOKENS,
     MAX_NOISE_LEVEL,
+    MAX_PRIORITY,
     MAX_PROMPT_CHARS,
     MAX_SEARCH_RESULTS,
     MAX_SEED,
@@ -153,7 +154,9 @@ class WebhookSpec(_Strict):
 
 class _JobCreateBase(_Strict):
     webhook: WebhookSpec | None = None
-    priority: int = Field(default=5, ge=0, le=9, description="0..9; 9 runs first")
+    priority: int = Field(
+        default=5, ge=0, le=MAX_PRIORITY, description="0..9; 9 runs first; at most the tenant's max_priority"
+    )
     metadata: dict[str, Any] = Field(default_factory=dict)
 
     @field_validator("metadata")

@@ -63,11 +63,12 @@ def cmd_tenants_list(_: argparse.Namespace) -> int:
                 _when(tenant.created_at),
                 _limit(tenant.requests_per_minute, settings.default_requests_per_minute),
                 _limit(tenant.max_jobs_in_flight, settings.default_max_jobs_in_flight),
+                _ceiling(tenant.max_priority, settings.default_max_priority),
                 str(in_flight),
             )
             for tenant, in_flight in tenants.list_tenants(session)
         ]
-    print_table(("TENANT", "CREATED", "REQUESTS/MIN", "MAX IN FLIGHT", "IN FLIGHT"), rows)
+    print_table(("TENANT", "CREATED", "REQUESTS/MIN", "MAX IN FLIGHT", "MAX PRIORITY", "IN FLIGHT"), rows)
     return 0
 
 
@@ -78,18 +79,23 @@ def cmd_tenants_set_quota(args: argparse.Namespace) -> int:
     # An option left out is absent from args (argparse.SUPPRESS): that limit stays as it is.
     rpm = getattr(args, "requests_per_minute", tenants.UNSET)
     in_flight = getattr(args, "max_jobs_in_flight", tenants.UNSET)
-    if rpm is tenants.UNSET and in_flight is tenants.UNSET:
-        print("nothing to set: give --requests-per-minute and/or --max-jobs-in-flight", file=sys.stderr)
+    ceiling = getattr(args, "max_priority", tenants.UNSET)
+    if rpm is tenants.UNSET and in_flight is tenants.UNSET and ceiling is tenants.UNSET:
+        print("nothing to set: give --requests-per-minute, --max-jobs-in-flight and/or --max-priority", file=sys.stderr)
         return 2
     with session_scope() as session:
         tenant = tenants.get_tenant(session, name=args.name)
         if tenant is None:
             print(f"no tenant {args.name!r}", file=sys.stderr)
             return 1
-        tenants.set_quota(session, tenant=tenant, requests_per_minute=rpm, max_jobs_in_flight=in_flight)
-        now_rpm, now_in_flight = tenant.requests_per_minute, tenant.max_jobs_in_flight
+        tenants.set_quota(
+            session, tenant=tenant, requests_per_minute=rpm, max_jobs_in_flight=in_flight, max_priority=ceiling
+        )
+        now_rpm, now_in_flight, now_ceiling = tenant.requests_per_minute, tenant.max_jobs_in_flight, tenant.max_priority
     print(
-        f"tenant {args.name}: requests_per_minute {_raw_limit(now_rpm)}, max_jobs_in_flight {_raw_limit(now_in_flight)}"
+        f"tenant {args.name}: requests_per_minute {_raw_limit(now_rpm)},"
+        f" max_jobs_in_flight {_raw_limit(now_in_flight)},"
+        f" max_priority {'default' if now_ceiling is None else now_ceiling}"
     )
     return 0
 
@@ -108,6 +114,22 @@ def quota_value(text: str) -> int | None:
         return parse_quota(text)
     except ValueError as exc:
         raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def priority_ceiling_value(text: str) -> int | None:
+    """A priority ceiling on the command line: 0..9 or 'default'."""
+    if text == "default":
+        return None
+    from core.limits import parse_priority_ceiling
+
+    try:
+        return parse_priority_ceiling(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def _ceiling(own: int | None, default: int) -> str:
+    return f"{default} (default)" if own is None else str(own)
 
 
 def _raw_limit(value: int | None) -> str:

@@ -11,6 +11,7 @@ from cli.admin_commands import (
     cmd_keys_revoke,
     cmd_tenants_list,
     cmd_tenants_set_quota,
+    priority_ceiling_value,
     quota_value,
 )
 from cli.client_commands import cmd_cancel, cmd_caption, cmd_generate, cmd_index, cmd_search, cmd_status, cmd_watch
@@ -141,6 +142,13 @@ def build_parser() -> argparse.ArgumentParser:
     quota.add_argument("name")
     for flag in ("--requests-per-minute", "--max-jobs-in-flight"):
         quota.add_argument(flag, type=quota_value, default=argparse.SUPPRESS, metavar="N")
+    quota.add_argument(
+        "--max-priority",
+        type=priority_ceiling_value,
+        default=argparse.SUPPRESS,
+        metavar="P",
+        help="the highest job priority (0..9) the tenant may use, or 'default' for IMAGEN_DEFAULT_MAX_PRIORITY",
+    )
     quota.set_defaults(func=cmd_tenants_set_quota)
     return parser
 

@@ -50,6 +50,9 @@ class Settings(BaseSettings):
     # Per-tenant quotas, unless the tenant row sets its own; a value <= 0 means unlimited.
     default_requests_per_minute: int = 600
     default_max_jobs_in_flight: int = 100
+    # The highest priority (0..9) a tenant may give its jobs unless its row sets its own ceiling. 9 lets any
+    # tenant jump the queues; a deployment shared by tenants that do not trust each other sets it lower.
+    default_max_priority: int = Field(default=9, ge=0, le=9)
     # Long requests a tenant may hold at once, across every API replica (<= 0: unlimited): ``Prefer: wait``
     # holds past the cap answer at once; event streams and searches past it are a 429.
     max_waits_per_tenant: int = 10

@@ -61,3 +61,18 @@ def parse_quota(text: str) -> int:
     if not -MAX_QUOTA - 1 <= value <= MAX_QUOTA:
         raise ValueError(f"a quota is at most {MAX_QUOTA} (0 or less: unlimited), got {value}")
     return value
+
+
+# Job priority: 0..9, 9 runs first. A tenant may use up to its ceiling (``max_priority``).
+MAX_PRIORITY = 9
+
+
+def parse_priority_ceiling(text: str) -> int:
+    """A tenant's priority ceiling written as a number 0..9; a ValueError saying what is allowed."""
+    try:
+        value = int(text.strip())
+    except ValueError:
+        raise ValueError(f"a priority ceiling is a whole number 0..{MAX_PRIORITY}, got {text!r}") from None
+    if not 0 <= value <= MAX_PRIORITY:
+        raise ValueError(f"a priority ceiling is between 0 and {MAX_PRIORITY}, got {value}")
+    return value

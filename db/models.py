@@ -43,6 +43,7 @@ def _enum(cls: type[enum.Enum], name: str) -> Enum:
 
 class Tenant(Base):
     __tablename__ = "tenants"
+    __table_args__ = (CheckConstraint("max_priority BETWEEN 0 AND 9", name="max_priority_range"),)
 
     id: Mapped[UUIDPk]
     name: Mapped[str] = mapped_column(String(100), unique=True)
@@ -50,6 +51,8 @@ class Tenant(Base):
     # Quotas: NULL takes the deployment's default (IMAGEN_DEFAULT_*); a value <= 0 means unlimited.
     requests_per_minute: Mapped[int | None] = mapped_column(Integer)
     max_jobs_in_flight: Mapped[int | None] = mapped_column(Integer)
+    # The highest job priority the tenant may ask for (0..9); NULL takes IMAGEN_DEFAULT_MAX_PRIORITY.
+    max_priority: Mapped[int | None] = mapped_column(Integer)
     created_at: Mapped[Created]
 
 

@@ -107,12 +107,16 @@ def set_quota(
     tenant: Tenant,
     requests_per_minute: int | Unset | None = UNSET,
     max_jobs_in_flight: int | Unset | None = UNSET,
+    max_priority: int | Unset | None = UNSET,
 ) -> None:
-    """Change the tenant's limits: None is the deployment's default, <= 0 unlimited, UNSET leaves one as is."""
+    """Change the tenant's limits: None is the deployment's default, UNSET leaves one as is; a rate or an
+    in-flight quota <= 0 is unlimited, a priority ceiling is 0..9."""
     if not isinstance(requests_per_minute, Unset):
         tenant.requests_per_minute = requests_per_minute
     if not isinstance(max_jobs_in_flight, Unset):
         tenant.max_jobs_in_flight = max_jobs_in_flight
+    if not isinstance(max_priority, Unset):
+        tenant.max_priority = max_priority
     session.flush()
 
 

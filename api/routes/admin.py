@@ -32,7 +32,7 @@ from core.config import Settings
 from core.errors import DomainError, RateLimited
 from core.job_input import JOB_KINDS
 from core.job_view import JobPublic
-from core.limits import MAX_QUOTA, parse_quota
+from core.limits import MAX_PRIORITY, MAX_QUOTA, parse_priority_ceiling, parse_quota
 from db import dashboard
 from db import jobs as job_queries
 from db import tenants as tenant_queries
@@ -305,6 +305,7 @@ def _tenants_page(
         keys=keys,
         default_rpm=settings.default_requests_per_minute,
         default_in_flight=settings.default_max_jobs_in_flight,
+        default_max_priority=settings.default_max_priority,
         **extra,
     )
 
@@ -352,13 +353,15 @@ def _quota_value(raw: str) -> int | None:
 def update_quota(
     request: Request, name: str, form: AdminFormDep, session: SessionDep, settings: SettingsDep
 ) -> Response:
-    """Set a tenant's requests per minute and jobs in flight (blank: the default, 0: unlimited)."""
+    """Set a tenant's requests per minute, jobs in flight (blank: the default, 0: unlimited) and priority ceiling."""
     tenant = tenant_queries.get_tenant(session, name=name)
     if tenant is None:
         return _see_other("/admin/tenants")
     try:
         rpm = _quota_value(form.fields.get("requests_per_minute", ""))
         in_flight = _quota_value(form.fields.get("max_jobs_in_flight", ""))
+        raw_ceiling = form.fields.get("max_priority", "").strip()
+        ceiling = parse_priority_ceiling(raw_ceiling) if raw_ceiling else None
     except ValueError:
         return _tenants_page(
             request,
@@ -366,8 +369,11 @@ def update_quota(
             session,
             settings,
             status_code=422,
-            error=f"Quotas are whole numbers up to {MAX_QUOTA} (0 for unlimited), or blank for the default.",
+            error=f"Quotas are whole numbers up to {MAX_QUOTA} (0 for unlimited), a priority ceiling is 0 to"
+            f" {MAX_PRIORITY}; blank takes the default.",
         )
-    tenant_queries.set_quota(session, tenant=tenant, requests_per_minute=rpm, max_jobs_in_flight=in_flight)
+    tenant_queries.set_quota(
+        session, tenant=tenant, requests_per_minute=rpm, max_jobs_in_flight=in_flight, max_priority=ceiling
+    )
     session.commit()
     return _see_other("/admin/tenants")

@@ -8,7 +8,7 @@ from api.deps import CurrentJob, CurrentKey, LockedJob, SessionDep, SettingsDep,
 from api.job_control import cancel_job_now, retry_job_now
 from api.long_requests import wait_slot
 from api.prefer_wait import parse_prefer_wait, wait_for_job
-from api.quotas import check_jobs_in_flight
+from api.quotas import check_jobs_in_flight, check_priority
 from api.schemas import JobCreate, JobList
 from api.submission import create_job_row, idempotent_replay, request_fingerprint
 from core.job_view import JobPublic
@@ -41,6 +41,7 @@ def create_job(
 ) -> JobPublic:
     """Record a job and enqueue its first stage (``Idempotency-Key`` and ``Prefer: wait=N`` honoured)."""
     wait_s = parse_prefer_wait(prefer)
+    check_priority(body.priority, tenant=key.tenant, settings=settings)
     fingerprint = request_fingerprint(body) if idempotency_key else ""
     job = None
     if idempotency_key:

@@ -155,6 +155,12 @@ def test_a_quota_past_what_the_database_holds_is_refused_on_the_page(admin: http
         data={"csrf": _csrf(page.text), "requests_per_minute": "2147483647", "max_jobs_in_flight": "0"},
     )
     assert kept.status_code == 303
+    for ceiling in ("10", "-1", "x"):
+        refused = admin.post(f"/admin/tenants/{name}/quota", data={"csrf": _csrf(page.text), "max_priority": ceiling})
+        assert refused.status_code == 422 and "priority ceiling is 0 to 9" in refused.text, ceiling
+    set_ceiling = admin.post(f"/admin/tenants/{name}/quota", data={"csrf": _csrf(page.text), "max_priority": "3"})
+    assert set_ceiling.status_code == 303
+    assert 'name="max_priority" inputmode="numeric" size="2" value="3"' in admin.get("/admin/tenants").text
 
 
 def test_logout_ends_the_session(system: System) -> None:

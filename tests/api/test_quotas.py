@@ -157,3 +157,24 @@ def test_the_rate_limit_lets_requests_through_when_redis_is_down(
     # One warning, not one per request: the limiter leaves Redis alone for a while.
     warnings = [r.getMessage() for r in caplog.records if r.name == "api.quotas"]
     assert len(warnings) == 1 and "Redis is unreachable" in warnings[0], warnings
+
+
+def test_a_priority_above_the_tenant_ceiling_is_a_422_naming_the_field(system: System, clients: list[Client]) -> None:
+    from db import tenants
+    from db.session import session_scope
+
+    name, key = _tenant()
+    with session_scope() as session:
+        tenant = tenants.get_tenant(session, name=name)
+        assert tenant is not None
+        tenants.set_quota(session, tenant=tenant, max_priority=3)
+    client = Client(system, key)
+    clients.append(client)
+    body = {"kind": "generate", "input": {"prompt": "x", "resolution": 64, "stages": {"base": {"steps": 1}}}}
+    refused = client.http.post("/v1/jobs", json={**body, "priority": 4})
+    assert refused.status_code == 422, refused.text
+    error = refused.json()["error"]
+    assert error["field"] == "priority" and "at most 3" in error["message"]
+    accepted = client.http.post("/v1/jobs", json={**body, "priority": 3})
+    assert accepted.status_code == 202 and accepted.json()["priority"] == 3
+    client.wait(accepted.json()["id"])

@@ -67,24 +67,34 @@ def test_keys_create_list_and_revoke(system: System) -> None:
 def test_tenants_list_and_set_quota(system: System) -> None:
     tenant = f"cli-{uuid.uuid4().hex[:6]}"
     key = _ok(system, "keys", "create", "--tenant", tenant).strip()
-    assert _row(_ok(system, "tenants", "list"), tenant)[-3:] == ["100000 (default)", "100 (default)", "0"]
+    assert _row(_ok(system, "tenants", "list"), tenant)[-4:] == [
+        "100000 (default)",
+        "100 (default)",
+        "9 (default)",
+        "0",
+    ]
 
     out = _ok(system, "tenants", "set-quota", tenant, "--requests-per-minute", "2", "--max-jobs-in-flight", "0")
     assert "requests_per_minute 2, max_jobs_in_flight unlimited" in out
-    assert _row(_ok(system, "tenants", "list"), tenant)[-3:] == ["2", "unlimited", "0"]
+    assert _row(_ok(system, "tenants", "list"), tenant)[-4:] == ["2", "unlimited", "9 (default)", "0"]
     # The API applies the new limit at once.
     assert [_status(system, key) for _ in range(3)] == [200, 200, 429]
 
     out = _ok(system, "tenants", "set-quota", tenant, "--requests-per-minute", "default")
     assert "requests_per_minute default, max_jobs_in_flight unlimited" in out
-    assert _row(_ok(system, "tenants", "list"), tenant)[-3:] == ["100000 (default)", "unlimited", "0"]
+    assert _row(_ok(system, "tenants", "list"), tenant)[-4:] == ["100000 (default)", "unlimited", "9 (default)", "0"]
+    out = _ok(system, "tenants", "set-quota", tenant, "--max-priority", "4")
+    assert "max_priority 4" in out and _row(_ok(system, "tenants", "list"), tenant)[-2] == "4"
+    for bad_ceiling in ("10", "-1", "high"):
+        refused = _cli(system, "tenants", "set-quota", tenant, "--max-priority", bad_ceiling)
+        assert refused.returncode == 2 and "priority ceiling" in refused.stderr, refused.stderr
 
     from db import tenants
     from db.session import session_scope
 
     with session_scope() as session:
         row = tenants.get_tenant(session, name=tenant)
-        assert row is not None and (row.requests_per_minute, row.max_jobs_in_flight) == (None, 0)
+        assert row is not None and (row.requests_per_minute, row.max_jobs_in_flight, row.max_priority) == (None, 0, 4)
 
     missing = _cli(system, "tenants", "set-quota", f"no-such-{tenant}", "--max-jobs-in-flight", "3")
     assert missing.returncode == 1 and "no tenant" in missing.stderr
