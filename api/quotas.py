@@ -5,6 +5,7 @@ import math
 import time
 import uuid
 from functools import lru_cache
+from typing import TYPE_CHECKING
 
 from redis.commands.core import Script
 from redis.exceptions import RedisError
@@ -16,6 +17,9 @@ from core.redis_client import get_redis
 from db import jobs as job_queries
 from db import tenants
 from db.models import Tenant
+
+if TYPE_CHECKING:
+    from api.callers import TenantLimits
 
 log = logging.getLogger(__name__)
 
@@ -63,7 +67,7 @@ def _gcra() -> Script:
     return get_redis().register_script(_GCRA)
 
 
-def enforce_rate_limit(tenant: Tenant, *, settings: Settings) -> None:
+def enforce_rate_limit(tenant: "Tenant | TenantLimits", *, settings: Settings) -> None:
     """Count one request of the tenant; RateLimited if its requests per minute are used up.
 
     If Redis cannot be reached the request goes through: a limiter that refused everything would turn a
@@ -106,7 +110,7 @@ def _take(key: str, per_minute: int) -> int:
     return max(1, math.ceil(wait_us / 1_000_000)) if wait_us > 0 else 0
 
 
-def check_priority(priority: int, *, tenant: Tenant, settings: Settings) -> None:
+def check_priority(priority: int, *, tenant: "Tenant | TenantLimits", settings: Settings) -> None:
     """InvalidInput (a 422 naming ``priority``) if ``priority`` is above the tenant's ceiling."""
     ceiling = settings.default_max_priority if tenant.max_priority is None else tenant.max_priority
     if priority > ceiling:
@@ -115,7 +119,7 @@ def check_priority(priority: int, *, tenant: Tenant, settings: Settings) -> None
         )
 
 
-def check_jobs_in_flight(session: Session, *, tenant: Tenant, settings: Settings) -> None:
+def check_jobs_in_flight(session: Session, *, tenant: "Tenant | TenantLimits", settings: Settings) -> None:
     """QuotaExceeded if the job just added (flushed, not committed) puts the tenant over its jobs in flight.
 
     Takes a lock on the tenant row that lasts until the caller's transaction ends: a tenant's concurrent

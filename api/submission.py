@@ -7,6 +7,7 @@ import secrets
 
 from sqlalchemy.orm import Session
 
+from api.callers import Caller
 from api.images import resolve_image_input
 from api.schemas import CaptionJobCreate, GenerateInput, GenerateJobCreate, JobCreate, StageParameters
 from core.address_guard import FetchError, check_url
@@ -18,7 +19,7 @@ from core.presets import Preset
 from core.routing import generate_stages, single_stage
 from db import jobs as job_queries
 from db.idempotency import find_idempotency_key
-from db.models import ApiKey, Job
+from db.models import Job
 from storage.object_store import ObjectStore
 
 
@@ -77,7 +78,7 @@ def _chosen_params(data: GenerateInput, preset: Preset) -> dict[str, StageParame
 
 
 def create_job_row(
-    session: Session, *, key: ApiKey, body: JobCreate, preset: Preset, store: ObjectStore, settings: Settings
+    session: Session, *, key: Caller, body: JobCreate, preset: Preset, store: ObjectStore, settings: Settings
 ) -> Job:
     """Validate the request against the preset, store its image if any, insert the job (not committed)."""
     spec: JobSpec
@@ -121,7 +122,7 @@ def request_fingerprint(body: JobCreate) -> str:
     return hashlib.sha256(canonical.encode()).hexdigest()
 
 
-def idempotent_replay(session: Session, *, key: ApiKey, idempotency_key: str, fingerprint: str) -> Job | None:
+def idempotent_replay(session: Session, *, key: Caller, idempotency_key: str, fingerprint: str) -> Job | None:
     """The job an earlier request with this key created; a Conflict if that request was another one."""
     row = find_idempotency_key(session, tenant_id=key.tenant_id, key=idempotency_key)
     if row is None:

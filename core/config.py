@@ -63,6 +63,9 @@ class Settings(BaseSettings):
     max_waits_per_process: int = 20
     # How often an open event stream checks that its API key is still live: it ends this soon after a revoke.
     stream_key_check_s: float = 15.0
+    # How long an API process trusts what it read about an API key: a revoked key, or a changed quota, takes
+    # effect within this many seconds (0: look every key up on every request).
+    api_key_cache_s: float = 5.0
 
     max_attempts: int = 3
     sweep_interval_s: float = 15.0

@@ -23,6 +23,7 @@ from api.admin_auth import (
     session_token,
     set_session_cookie,
 )
+from api.callers import forget_key
 from api.deps import SessionDep, SettingsDep, StoreDep
 from api.job_control import cancel_job_now, redeliver_event, retry_job_now
 from api.metrics import queue_depths
@@ -332,7 +333,8 @@ def create_tenant(request: Request, form: AdminFormDep, session: SessionDep, set
 
 @router.post("/keys/{key_id}/revoke")
 def revoke_key(key_id: str, form: AdminFormDep, session: SessionDep) -> Response:
-    """Revoke an API key: it fails authentication from now on."""
+    """Revoke an API key: it fails authentication here at once, in the other API processes within
+    ``IMAGEN_API_KEY_CACHE_S``."""
     try:
         key = session.get(ApiKey, uuid.UUID(key_id))
     except ValueError:
@@ -340,6 +342,7 @@ def revoke_key(key_id: str, form: AdminFormDep, session: SessionDep) -> Response
     if key is not None and key.revoked_at is None:
         tenant_queries.revoke_api_key(session, key=key)
         session.commit()
+        forget_key(key.key_hash)
     return _see_other("/admin/tenants")
 
 

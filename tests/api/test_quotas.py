@@ -10,7 +10,7 @@ import redis
 
 from cli.services import free_port
 from tests.conftest import Client, _new_key
-from tests.servers import System
+from tests.servers import System, wait_until
 
 # A job that keeps its stage busy for many seconds (and is canceled before it ends).
 LONG = {"kind": "generate", "input": {"prompt": "x", "resolution": 64, "stages": {"base": {"steps": 300}}}}
@@ -120,20 +120,42 @@ def test_a_retry_counts_against_the_in_flight_quota(system: System, clients: lis
     tenant.wait(first["id"])
 
 
-def test_a_revoked_key_is_refused(system: System, clients: list[Client]) -> None:
+def test_a_revoked_key_is_refused_within_the_cache_bound(system: System, clients: list[Client]) -> None:
+    """The API keeps what it read about a key for IMAGEN_API_KEY_CACHE_S: a revocation takes effect within that."""
+    from core.config import get_settings
     from db import tenants
     from db.session import session_scope
 
+    bound_s = get_settings().api_key_cache_s
+    assert 0 < bound_s <= 10
     _, key = _tenant()
     holder = Client(system, key)
     clients.append(holder)
-    assert holder.http.get("/v1/jobs").status_code == 200
+    assert holder.http.get("/v1/jobs").status_code == 200  # the key is now in the API's cache
     with session_scope() as session:
         (row,) = tenants.find_live_api_keys(session, key_or_prefix=key)
         tenants.revoke_api_key(session, key=row)
-    refused = holder.http.get("/v1/jobs")
-    assert refused.status_code == 401
+    revoked = time.monotonic()
+    refused = wait_until(
+        lambda: (response := holder.http.get("/v1/jobs")).status_code == 401 and response,
+        bound_s + 2,
+        "the revoked key to be refused",
+        0.1,
+    )
+    assert time.monotonic() - revoked <= bound_s + 1
     assert refused.json()["error"]["code"] == "unauthorized"
+    # Refused for good: the cache never brings a revoked key back.
+    assert all(holder.http.get("/v1/jobs").status_code == 401 for _ in range(5))
+
+
+def test_a_new_key_works_at_once_and_an_unknown_one_never(system: System, clients: list[Client]) -> None:
+    unknown = Client(system, "iq_not-a-key")
+    clients.append(unknown)
+    assert [unknown.http.get("/v1/jobs").status_code for _ in range(2)] == [401, 401]
+    _, key = _tenant()
+    fresh = Client(system, key)
+    clients.append(fresh)
+    assert fresh.http.get("/v1/jobs").status_code == 200
 
 
 def test_the_rate_limit_lets_requests_through_when_redis_is_down(
