@@ -19,7 +19,7 @@ from core.config import Settings, get_settings
 from core.errors import Forbidden, NotFound, Unauthorized
 from db import jobs as job_queries
 from db.models import Job
-from db.session import new_session
+from db.session import new_session, reading_scope
 from storage.factory import process_store
 from storage.object_store import ObjectStore
 
@@ -91,6 +91,15 @@ def _find_job(session: Session, job_id: str, caller: Caller, *, for_update: bool
     return job
 
 
+def _job_snapshot(job_id: str, caller: Annotated[Caller, Depends(_rate_limited_caller)]) -> Job:
+    """The caller's job and its stages, read in one query and a transaction of its own, detached from it."""
+    with reading_scope() as session:
+        job = job_queries.get_job_with_stages(session, job_id=_job_id(job_id), tenant_id=caller.tenant_id)
+    if job is None:
+        raise NotFound(f"no job {job_id!r}", field="job_id")
+    return job
+
+
 def _job(
     job_id: str,
     caller: Annotated[Caller, Depends(_rate_limited_caller)],
@@ -115,4 +124,5 @@ SettingsDep = Annotated[Settings, Depends(_settings)]
 CurrentKey = Annotated[Caller, Depends(_rate_limited_caller)]
 AdminKey = Annotated[Caller, Depends(_admin_caller)]
 CurrentJob = Annotated[Job, Depends(_job)]
+JobSnapshot = Annotated[Job, Depends(_job_snapshot)]
 LockedJob = Annotated[Job, Depends(_locked_job)]

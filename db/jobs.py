@@ -8,7 +8,7 @@ from typing import Any
 
 from sqlalchemy import BindParameter, and_, bindparam, func, or_, select, update
 from sqlalchemy.dialects.postgresql import insert
-from sqlalchemy.orm import Session
+from sqlalchemy.orm import Session, joinedload, raiseload
 
 from core.errors import InvalidInput
 from db.models import Artifact, Job, JobStage, JobStatus, StageStatus
@@ -70,6 +70,17 @@ def get_job(
     if for_update:
         query = query.with_for_update()
     return session.scalar(query.execution_options(populate_existing=True))
+
+
+def get_job_with_stages(session: Session, *, job_id: uuid.UUID, tenant_id: uuid.UUID) -> Job | None:
+    """The tenant's job and its stages in one query, or None; its artifacts are left unloaded (reading them
+    raises), which is what a client's view of the job needs."""
+    query = (
+        select(Job)
+        .where(Job.id == job_id, Job.tenant_id == tenant_id)
+        .options(joinedload(Job.stages), raiseload(Job.artifacts))
+    )
+    return session.scalars(query).unique().one_or_none()
 
 
 def _encode_cursor(job: Job) -> str:

@@ -41,6 +41,22 @@ def session_scope() -> Iterator[Session]:
         session.close()
 
 
+@lru_cache
+def _reading_session_factory() -> sessionmaker[Session]:
+    return sessionmaker(get_engine().execution_options(isolation_level="AUTOCOMMIT"), expire_on_commit=False)
+
+
+@contextmanager
+def reading_scope() -> Iterator[Session]:
+    """A session for one read: each statement runs on its own, with no BEGIN and COMMIT round trips (a single
+    SELECT is consistent in itself; several are not consistent with each other here)."""
+    session = _reading_session_factory()()
+    try:
+        yield session
+    finally:
+        session.close()
+
+
 def new_session() -> Session:
     """A bare session; the caller commits and closes it."""
     return _session_factory()()

@@ -4,7 +4,8 @@ from typing import Annotated
 
 from fastapi import APIRouter, Header, Query, Response, status
 
-from api.deps import CurrentJob, CurrentKey, LockedJob, SessionDep, SettingsDep, StoreDep
+from api.deps import CurrentKey, JobSnapshot, LockedJob, SessionDep, SettingsDep, StoreDep
+from api.etags import job_etag, none_match
 from api.job_control import cancel_job_now, retry_job_now
 from api.long_requests import wait_slot
 from api.prefer_wait import parse_prefer_wait, wait_for_job
@@ -21,6 +22,7 @@ from db.idempotency import remember_idempotency_key
 from workers.dispatch import dispatch_job
 
 router = APIRouter(prefix="/v1/jobs", tags=["jobs"])
+_JSON = "application/json"
 
 
 @router.post(
@@ -96,10 +98,24 @@ def list_jobs(
     return JobList(items=[JobPublic.from_row(j, store, settings.presign_ttl_s) for j in jobs], next_cursor=next_cursor)
 
 
-@router.get("/{job_id}", response_model=JobPublic)
-def read_job(job: CurrentJob, store: StoreDep, settings: SettingsDep) -> JobPublic:
-    """One job, with its stages and, once it succeeded, its images."""
-    return JobPublic.from_row(job, store, settings.presign_ttl_s)
+@router.get(
+    "/{job_id}",
+    response_model=JobPublic,
+    responses={304: {"description": "the job has not changed since the response that carried If-None-Match's ETag"}},
+)
+async def read_job(
+    job: JobSnapshot,
+    store: StoreDep,
+    settings: SettingsDep,
+    if_none_match: Annotated[str | None, Header(max_length=1000)] = None,
+) -> Response:
+    """One job, with its stages and, once it succeeded, its images; a 304 if it is as the client's ETag says."""
+    etag = job_etag(job, settings.presign_ttl_s)
+    if none_match(if_none_match, etag):
+        return Response(status_code=status.HTTP_304_NOT_MODIFIED, headers={"ETag": etag})
+    # Serialized here, straight from the model: FastAPI would validate the model a second time.
+    body = JobPublic.from_row(job, store, settings.presign_ttl_s).model_dump_json()
+    return Response(body, media_type=_JSON, headers={"ETag": etag})
 
 
 @router.post("/{job_id}/cancel", response_model=JobPublic)
