@@ -80,7 +80,12 @@ def _chosen_params(data: GenerateInput, preset: Preset) -> dict[str, StageParame
 def create_job_row(
     session: Session, *, key: Caller, body: JobCreate, preset: Preset, store: ObjectStore, settings: Settings
 ) -> Job:
-    """Validate the request against the preset, store its image if any, insert the job (not committed)."""
+    """Validate the request against the preset, store its image if any, insert the job (not committed).
+
+    The row says its chain was sent already: the caller sends it right after the commit, and takes that back
+    if the broker cannot be reached (``workers.dispatch.dispatch_new_job``), which saves every submission a
+    second transaction.
+    """
     spec: JobSpec
     if isinstance(body, GenerateJobCreate):
         spec = resolve_generate_input(body.input, preset)
@@ -110,9 +115,10 @@ def create_job_row(
         stages=stages,
         priority=body.priority,
         meta=body.metadata,
+        webhook=webhook,
+        queued_at=job_queries.now(),
+        dispatched_at=job_queries.now(),
     )
-    job.webhook = webhook
-    job.stages[0].queued_at = job_queries.now()
     return job
 
 

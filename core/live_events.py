@@ -27,9 +27,11 @@ def stream_key(job_id: object) -> str:
 def append_live(job_id: uuid.UUID, event: str, data: dict[str, Any]) -> None:
     """Append one event to the job's stream; a Redis failure is only logged."""
     try:
-        redis_client = get_redis()
         key = stream_key(job_id)
-        redis_client.xadd(key, {"event": event, "data": json.dumps(data)}, maxlen=STREAM_MAXLEN, approximate=True)
-        redis_client.expire(key, STREAM_TTL_S)
+        # One round trip for both (a submission waits on it); no MULTI: the TTL only bounds an idle stream's life.
+        pipe = get_redis().pipeline(transaction=False)
+        pipe.xadd(key, {"event": event, "data": json.dumps(data)}, maxlen=STREAM_MAXLEN, approximate=True)
+        pipe.expire(key, STREAM_TTL_S)
+        pipe.execute()
     except RedisError as exc:
         log.warning("could not publish %s of job %s: %s", event, job_id, exc)

@@ -31,8 +31,12 @@ def create_job(
     stages: Sequence[tuple[str, str]],
     priority: int = 5,
     meta: dict[str, Any] | None = None,
+    webhook: dict[str, Any] | None = None,
+    queued_at: datetime | None = None,
+    dispatched_at: datetime | None = None,
 ) -> Job:
-    """A queued job with one pending row per ``(stage name, queue)``, in order."""
+    """A queued job with one pending row per ``(stage name, queue)``, in order; ``queued_at`` is the first
+    stage's. Everything is in the INSERTs: nothing is left for an UPDATE at commit."""
     job = Job(
         tenant_id=tenant_id,
         kind=kind,
@@ -40,13 +44,16 @@ def create_job(
         input=input,
         priority=priority,
         meta=meta or {},
+        webhook=webhook,
         status=JobStatus.QUEUED,
         dispatch_seq=1,
+        dispatched_at=dispatched_at,
     )
     job.stages = [
         JobStage(name=name, queue=queue, position=i, status=StageStatus.PENDING, progress=0.0, attempts=0, outputs=[])
         for i, (name, queue) in enumerate(stages)
     ]
+    job.stages[0].queued_at = queued_at
     session.add(job)
     session.flush()
     return job
@@ -152,6 +159,11 @@ def bump_dispatch(job: Job) -> int:
 def mark_dispatched(session: Session, *, job_id: uuid.UUID, seq: int) -> None:
     """Record that generation ``seq`` of the job's chain reached the broker."""
     session.execute(update(Job).where(Job.id == job_id, Job.dispatch_seq == seq).values(dispatched_at=now()))
+
+
+def unmark_dispatched(session: Session, *, job_id: uuid.UUID, seq: int) -> None:
+    """Take back a record of dispatch made before the send, which then failed: the sweeper sends the job."""
+    session.execute(update(Job).where(Job.id == job_id, Job.dispatch_seq == seq).values(dispatched_at=None))
 
 
 def mark_stage_running(job: Job, stage: JobStage) -> None:

@@ -13,6 +13,7 @@ from celery.canvas import Signature
 from celery.result import AsyncResult
 from kombu.exceptions import KombuError
 from redis.exceptions import RedisError
+from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session
 
 from core.presets import get_preset
@@ -77,6 +78,26 @@ def dispatch_job(session: Session, job: Job) -> bool:
     session.commit()
     log.info("job %s sent from %s (generation %d)", job.id, stages[0] if stages else "finalize", seq)
     return True
+
+
+def dispatch_new_job(session: Session, job: Job) -> bool:
+    """Send a new job, committed with ``dispatched_at`` already set; False when the broker is down.
+
+    Then the record of dispatch is taken back, so the sweeper sends the job within seconds. Should that fail
+    too (the database went down with the broker), or the process die between commit and send, the job still
+    reads as sent: the sweep for stranded jobs sends it after ``IMAGEN_STRANDED_AFTER_S``. Either way it is
+    never lost.
+    """
+    seq = job.dispatch_seq
+    if enqueue_cascade(job.id, [s.name for s in job.stages], preset=job.preset, seq=seq, priority=job.priority):
+        return True
+    try:
+        job_queries.unmark_dispatched(session, job_id=job.id, seq=seq)
+        session.commit()
+    except SQLAlchemyError as exc:
+        session.rollback()
+        log.warning("job %s stays marked as sent (%s); the sweep for stranded jobs will send it", job.id, exc)
+    return False
 
 
 def enqueue_delivery(event_id: uuid.UUID | str, countdown: float = 0) -> bool:

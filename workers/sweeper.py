@@ -1,7 +1,8 @@
 """The sweeper: finds jobs the broker lost, from their rows in Postgres, and enqueues them again.
 
 Three ways a live job can lose its message:
-- its enqueue failed (the broker was down when the API committed it): ``dispatched_at`` stays NULL;
+- its enqueue failed (the broker was down when the API committed it): ``dispatched_at`` is NULL (the API
+  commits a new job as sent, and takes that back when the send fails);
 - its worker died mid-stage: the stage's heartbeat stops;
 - the broker itself lost its queues (Redis restarted without persistence): a marker key that the
   sweeper keeps in Redis is gone, so every live job is enqueued again.

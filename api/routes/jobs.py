@@ -19,7 +19,7 @@ from core.presets import get_preset
 from core.statuses import JobStatus
 from db import jobs as job_queries
 from db.idempotency import remember_idempotency_key
-from workers.dispatch import dispatch_job
+from workers.dispatch import dispatch_new_job
 
 router = APIRouter(prefix="/v1/jobs", tags=["jobs"])
 _JSON = "application/json"
@@ -37,10 +37,9 @@ def create_job(
     session: SessionDep,
     store: StoreDep,
     settings: SettingsDep,
-    response: Response,
     idempotency_key: Annotated[str | None, Header(min_length=1, max_length=255)] = None,
     prefer: Annotated[str | None, Header(max_length=200)] = None,
-) -> JobPublic:
+) -> Response:
     """Record a job and enqueue its first stage (``Idempotency-Key`` and ``Prefer: wait=N`` honoured)."""
     wait_s = parse_prefer_wait(prefer)
     check_priority(body.priority, tenant=key.tenant, settings=settings)
@@ -64,7 +63,8 @@ def create_job(
             session.commit()
             append_live(job.id, "status", {"status": str(job.status)})
             count_events(submitted=[job.kind])
-            dispatch_job(session, job)
+            dispatch_new_job(session, job)
+    headers: dict[str, str] = {}
     if wait_s > 0 and not JobStatus(job.status).is_terminal:
         with wait_slot(
             key.tenant_id,
@@ -74,10 +74,12 @@ def create_job(
         ) as may_wait:
             if may_wait:
                 job = wait_for_job(session, job, wait_s)
-                response.headers["Preference-Applied"] = f"wait={wait_s:g}"
-    if JobStatus(job.status).is_terminal and wait_s > 0:
-        response.status_code = status.HTTP_200_OK
-    return JobPublic.from_row(job, store, settings.presign_ttl_s)
+                headers["Preference-Applied"] = f"wait={wait_s:g}"
+    ended = JobStatus(job.status).is_terminal and wait_s > 0
+    # Serialized here, straight from the model: FastAPI would validate the model a second time.
+    public = JobPublic.from_row(job, store, settings.presign_ttl_s).model_dump_json()
+    status_code = status.HTTP_200_OK if ended else status.HTTP_202_ACCEPTED
+    return Response(public, status_code=status_code, media_type=_JSON, headers=headers)
 
 
 @router.get("", response_model=JobList)
