@@ -106,7 +106,7 @@ def stream_job_events(
 ) -> StreamingResponse:
     """Server-Sent Events: ``status``, ``stage``, ``progress`` and a final ``done``; resume with Last-Event-ID."""
     start = last_event_id if last_event_id and set(last_event_id) <= _STREAM_ID_CHARS else "0-0"
-    key_id, tenant_id = key.id, key.tenant_id
+    key_id, tenant_id = key.key_id, key.tenant_id
     session.close()  # the stream may last minutes: hold no database connection meanwhile
     slot = take_slot("stream", tenant_id, limit=settings.max_streams_per_tenant, ttl_s=SLOT_TTL_S)
     if slot is None:

@@ -8,6 +8,7 @@ from kombu.exceptions import KombuError
 from redis.exceptions import RedisError
 from sqlalchemy.orm import Session
 
+from api.callers import Caller
 from api.deps import CurrentKey, SessionDep, SettingsDep, StoreDep
 from api.images import resolve_image_input
 from api.long_requests import release_slot, take_slot
@@ -15,7 +16,6 @@ from api.schemas import SearchRequest, SearchResponse, SearchResult
 from core.config import Settings
 from core.errors import InvalidInput, ServiceUnavailable, TooManyRequests
 from core.presets import get_preset
-from db.models import ApiKey
 from db.search import search_embeddings
 from storage.errors import StoreError
 from storage.keys import QUERIES_PREFIX
@@ -83,7 +83,7 @@ def search_index(
 
 
 def _search(
-    body: SearchRequest, *, key: ApiKey, session: Session, store: ObjectStore, settings: Settings, image_key: str | None
+    body: SearchRequest, *, key: Caller, session: Session, store: ObjectStore, settings: Settings, image_key: str | None
 ) -> SearchResponse:
     preset = get_preset(settings.model_preset)
     tenant_id = key.tenant_id
