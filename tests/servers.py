@@ -188,8 +188,10 @@ class ChildProcess:
 class System:
     """The whole system on loopback: databases, broker, store, API, a worker and the beat scheduler."""
 
-    def __init__(self, preset: str = "tiny") -> None:
+    def __init__(self, preset: str = "tiny", env_overrides: Mapping[str, str] | None = None) -> None:
         self.preset = preset
+        # Settings that differ from the test suite's (the chaos runs' longer webhook retry schedule, say).
+        self.env_overrides = dict(env_overrides or {})
         self.root = Path(tempfile.mkdtemp(prefix="imagen-tests-"))
         self.logs = self.root / "logs"
         self.logs.mkdir()
@@ -241,6 +243,7 @@ class System:
             "IMAGEN_DEFAULT_REQUESTS_PER_MINUTE": "100000",
             "HF_HUB_OFFLINE": "1",
             "PYTHONUNBUFFERED": "1",
+            **self.env_overrides,
         }
 
     def start_processes(self) -> None:
@@ -262,6 +265,10 @@ class System:
                 return False
 
         wait_until(ready, 60, "the API to be ready")
+
+    def new_api(self, name: str, port: int) -> ChildProcess:
+        """Start another API process on ``port``, beside the first (the chaos runs kill one of two)."""
+        return ChildProcess(name, ["api", "--port", str(port)], self.env, self.logs).start()
 
     def new_worker(self, name: str = "worker", env: Mapping[str, str] | None = None) -> ChildProcess:
         """Start a model worker (solo pool, as on a GPU machine) for the model stages' queues; ``env`` adds
