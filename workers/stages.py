@@ -50,11 +50,15 @@ def encode_text(run: StageRun) -> None:
     from workers import cascade
 
     spec = _generate_spec(run)
-    pipes: Any = load_cascade(run.preset, get_settings().resolved_models_dir)
-    report = progress_reporter(run)
-    data = cascade.embeds_to_bytes(cascade.encode_prompt(pipes, spec.prompt, spec.negative_prompt))
     key = embeddings_key(run.job_id)
-    process_store().put(key, data, "application/octet-stream")
+    stored = _stored_by_earlier_attempt([key])
+    if stored is not None:
+        data = stored[0]
+    else:
+        pipes: Any = load_cascade(run.preset, get_settings().resolved_models_dir)
+        data = cascade.embeds_to_bytes(cascade.encode_prompt(pipes, spec.prompt, spec.negative_prompt))
+        process_store().put(key, data, "application/octet-stream")
+    report = progress_reporter(run)
     _record(run, 0, key, data, "application/octet-stream")
     run.outputs.append({"index": 0, "key": key})
     report(1.0)
@@ -64,6 +68,8 @@ def base(run: StageRun) -> None:
     """Stage I: the job's images at the base resolution, each from its own seed."""
     from workers import cascade
 
+    if _reuse_stored_images(run):
+        return
     spec, params, pipes, embeds = _cascade_inputs(run, base=True)
     images = cascade.run_base(
         pipes,
@@ -81,6 +87,8 @@ def super_resolve(run: StageRun) -> None:
     """A super-resolution stage: the previous stage's images upscaled, conditioned on the text."""
     from workers import cascade
 
+    if _reuse_stored_images(run):
+        return
     spec, params, pipes, embeds = _cascade_inputs(run, base=False)
     if run.previous_stage is None or run.previous_stage == ENCODE_TEXT:
         raise ValueError(f"stage {run.stage} needs an image stage before it, got {run.previous_stage!r}")
@@ -221,9 +229,43 @@ def _store_pngs(run: StageRun, images: list[Any], spec: GenerateSpec) -> None:
         png = image_to_png(image)
         key = image_key(run.job_id, run.stage, index)
         process_store().put(key, png, "image/png")
-        size, seed = {"width": image.width, "height": image.height}, spec.image_seed(index)
-        _record(run, index, key, png, "image/png", **size, seed=seed)
-        run.outputs.append({"index": index, "key": key, **size, "seed": seed})
+        _add_image(run, spec, index, key, png, width=image.width, height=image.height)
+
+
+def _stored_by_earlier_attempt(keys: list[str]) -> list[bytes] | None:
+    """The outputs an earlier attempt of the stage stored before it stopped, or None unless all are there.
+
+    An attempt can die (or lose the database) after its writes and before the commit that records them;
+    the next attempt records those objects instead of computing and writing them a second time. Writes
+    are atomic, so an object that exists is whole, and it was made from the same job input.
+    """
+    store = process_store()
+    if not all(store.exists(key) for key in keys):
+        return None
+    return [store.get(key) for key in keys]
+
+
+def _reuse_stored_images(run: StageRun) -> bool:
+    """Record the images an earlier attempt of this cascade stage stored, if it stored them all."""
+    import PIL.Image
+
+    spec = _generate_spec(run)
+    keys = [image_key(run.job_id, run.stage, i) for i in range(spec.num_images)]
+    pngs = _stored_by_earlier_attempt(keys)
+    if pngs is None:
+        return False
+    for index, (key, png) in enumerate(zip(keys, pngs, strict=True)):
+        with PIL.Image.open(io.BytesIO(png)) as image:
+            width, height = image.size
+        _add_image(run, spec, index, key, png, width=width, height=height)
+    return True
+
+
+def _add_image(run: StageRun, spec: GenerateSpec, index: int, key: str, png: bytes, *, width: int, height: int) -> None:
+    """An image output of a cascade stage: its artifact row and its entry in the stage's outputs."""
+    size, seed = {"width": width, "height": height}, spec.image_seed(index)
+    _record(run, index, key, png, "image/png", **size, seed=seed)
+    run.outputs.append({"index": index, "key": key, **size, "seed": seed})
 
 
 def _record(run: StageRun, index: int, key: str, data: bytes, content_type: str, **image: int) -> None:

@@ -276,3 +276,42 @@ def test_a_stage_stuck_past_its_time_limit_takes_its_worker_down(system: System)
         assert not overran.wait(0.8), "called before the grace was over"
         assert overran.wait(2), "the overrun was not called"
         assert time.monotonic() - deadline < 1.5
+
+
+def test_outputs_an_earlier_attempt_stored_are_recorded_not_written_again(
+    system: System, client: Client, s3: Minio, restore_worker: None
+) -> None:
+    """A worker killed between writing a stage's images and the commit that records them leaves whole objects
+    behind (writes are atomic); the next attempt records those instead of writing the key a second time."""
+    import hashlib
+    import io
+
+    from PIL import Image
+
+    assert system.worker is not None
+    system.worker.stop()  # nobody consumes: the job waits while its "earlier attempt's" image is planted
+    job = client.submit(seed=71, resolution=64, stages=FAST)
+    planted = io.BytesIO()
+    Image.new("RGB", (64, 64), (200, 30, 30)).save(planted, format="PNG")
+    key = f"jobs/{job['id']}/base_64/0.png"
+    s3.put_object("imagen-test", key, io.BytesIO(planted.getvalue()), len(planted.getvalue()), content_type="image/png")
+
+    system.worker = system.new_worker("worker-reuse")
+    done = client.wait(job["id"], timeout_s=120)
+    assert done["status"] == "succeeded", done
+    stored = s3.get_object("imagen-test", key)
+    try:
+        assert stored.read() == planted.getvalue(), "the stage wrote its image over the one already stored"
+    finally:
+        stored.close()
+        stored.release_conn()
+    outputs = done["stages"][1]["outputs"]
+    assert [(o["width"], o["height"], o["seed"]) for o in outputs] == [(64, 64, 71)]
+    from sqlalchemy import select
+
+    from db.models import Artifact
+    from db.session import session_scope
+
+    with session_scope() as session:
+        sha = session.scalar(select(Artifact.sha256).where(Artifact.key == key))
+    assert sha == hashlib.sha256(planted.getvalue()).hexdigest()
