@@ -47,6 +47,8 @@ from tests.servers import ChildProcess, System, wait_until
 
 TERMINAL = ("succeeded", "failed", "canceled")
 BUCKET = "imagen-test"
+# The roles System itself starts and stops, and its attribute for each.
+_SYSTEM_ROLES = {"api": "api", "worker": "worker", "cpu-worker": "cpu_worker", "beat": "beat"}
 _DONE_LINE = re.compile(r"job ([0-9a-f-]{36}): (\w+) done in")
 
 
@@ -179,6 +181,7 @@ class Phase:
     lifted_at: float | None = None
     recovered_at: float | None = None
     ended: set[str] = field(default_factory=set)  # jobs the clients saw end
+    crashes: list[str] = field(default_factory=list)  # processes that exited by themselves
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
     def count(self, outcome: str, sample: str = "") -> None:
@@ -277,6 +280,7 @@ class PhaseReport:
     webhooks_missing: int
     webhooks_duplicated: int
     recover_s: float | None
+    crashes: int = 0
     details: list[str] = field(default_factory=list)
 
     def misses(self) -> list[str]:
@@ -308,6 +312,7 @@ _COLUMNS = [
     ("conn_errors", "conn", 5),
     ("webhooks_missing", "wh-miss", 7),
     ("webhooks_duplicated", "wh-dup", 6),
+    ("crashes", "crash", 5),
     ("recover_s", "recover", 7),
 ]
 
@@ -342,12 +347,17 @@ class ChaosRun:
         self.system = System(env_overrides=config.env())
         self.receiver = WebhookReceiver()
         self.second_api_port = free_port()
-        self.second_api: ChildProcess | None = None
-        self.model_workers: list[ChildProcess] = []
+        # Every process of the system by role, restarted by ``_supervise`` when it exits, as ``imagen-queue
+        # up`` and compose's restart policy do: a crash costs a restart, and it is reported.
+        self.processes: dict[str, ChildProcess] = {}
         self.clients: list[TenantClient] = []
         self.reports: list[PhaseReport] = []
         self._engine: Engine | None = None
         self._restarts = 0
+        self._killing: set[str] = set()  # roles a fault is killing on purpose
+        self._phase: Phase | None = None
+        self._supervising = threading.Event()
+        self._supervisor: threading.Thread | None = None
 
     # -- start and stop --
 
@@ -361,11 +371,12 @@ class ChaosRun:
         self._versioned_bucket()
         self._build_models()
         system.start_processes()
-        assert system.worker is not None
-        self.model_workers = [system.worker]
+        assert system.api and system.worker and system.cpu_worker and system.beat
+        self.processes = {"api": system.api, "worker": system.worker, "cpu-worker": system.cpu_worker}
+        self.processes["beat"] = system.beat
         for i in range(1, self.config.model_workers):
-            self.model_workers.append(system.new_worker(f"worker-{chr(ord('a') + i)}"))
-        self.second_api = system.new_api("api-2", self.second_api_port)
+            self.processes[f"worker-{chr(ord('a') + i)}"] = system.new_worker(f"worker-{chr(ord('a') + i)}")
+        self.processes["api-2"] = system.new_api("api-2", self.second_api_port)
         api_urls = [system.api_url, f"http://127.0.0.1:{self.second_api_port}"]
         wait_until(lambda: self._ready(api_urls[1]), 60, "the second API to be ready")
         self.receiver.up()
@@ -374,11 +385,47 @@ class ChaosRun:
             for i in range(self.config.tenants)
         ]
         wait_until(self._workers_ready, 120, "the model workers to be ready", interval_s=0.5)
+        self._supervisor = threading.Thread(target=self._supervise, daemon=True, name="supervisor")
+        self._supervisor.start()
+
+    @property
+    def model_workers(self) -> list[ChildProcess]:
+        return [child for role, child in self.processes.items() if role.startswith("worker")]
+
+    def _supervise(self) -> None:
+        """Start a process again a second after it exits, and note the exits no fault asked for."""
+        while not self._supervising.wait(0.5):
+            for role, child in list(self.processes.items()):
+                if child.alive() or self._supervising.is_set():
+                    continue
+                assert child.process is not None
+                code = child.process.returncode
+                if role not in self._killing:
+                    self.log(f"  {child.name} exited by itself (code {code}): restarting it")
+                    if self._phase is not None:
+                        self._phase.crashes.append(f"{child.name} exited with {code}")
+                time.sleep(1.0)
+                self._restarts += 1
+                replacement = ChildProcess(f"{role}-r{self._restarts}", child.args, child.env, self.system.logs)
+                self.processes[role] = replacement.start()
+                self._killing.discard(role)
+                if role in _SYSTEM_ROLES:  # so that System.stop() stops the replacement
+                    setattr(self.system, _SYSTEM_ROLES[role], replacement)
+
+    def _kill(self, role: str) -> ChildProcess:
+        """SIGKILL a process on purpose; returns its replacement once the supervisor started it."""
+        victim = self.processes[role]
+        self._killing.add(role)
+        victim.kill()
+        return wait_until(lambda: self.processes[role] is not victim and self.processes[role], 30, f"{role} back")
 
     def stop(self) -> None:
         """Stop everything this run started; safe to call twice and after a failed start."""
-        for child in (*self.model_workers, self.second_api):
-            if child is not None:
+        self._supervising.set()
+        if self._supervisor is not None:
+            self._supervisor.join(timeout=10)
+        for role, child in self.processes.items():
+            if role not in _SYSTEM_ROLES:
                 with contextlib.suppress(Exception):
                     child.stop()
         self.receiver.down()
@@ -513,14 +560,9 @@ class ChaosRun:
         """SIGKILL the first model worker mid-stage, and start a new one a second later, as a supervisor
         would; ``worker_kills`` times."""
         for i in range(self.config.worker_kills):
-            victim = self.model_workers[0]
-            victim.kill()
+            victim = self.processes["worker"]
+            replacement = self._kill("worker")
             self.log(f"  killed {victim.name} (SIGKILL, {i + 1}/{self.config.worker_kills})")
-            time.sleep(1.0)
-            self._restarts += 1
-            replacement = self.system.new_worker(f"worker-r{self._restarts}")
-            self.model_workers[0] = replacement
-            self.system.worker = replacement
             if i + 1 < self.config.worker_kills:
                 # The next kill finds it busy: ready, then a few seconds into the queue's stages.
                 wait_until(partial(_worker_ready, replacement), 90, "the new worker to be ready", interval_s=0.5)
@@ -560,14 +602,8 @@ class ChaosRun:
 
     def kill_api(self) -> None:
         """SIGKILL the first API process while clients submit; it comes back a few seconds later."""
-        assert self.system.api is not None
-        self.system.api.kill()
+        self._kill("api")
         self.log("  killed the first API process (SIGKILL); clients fall back to the second")
-        time.sleep(3.0)
-        self._restarts += 1
-        self.system.api = ChildProcess(
-            f"api-r{self._restarts}", ["api", "--port", str(self.system.api_port)], self.system.env, self.system.logs
-        ).start()
         wait_until(lambda: self._ready(self.system.api_url), 60, "the first API to come back")
 
     FAULTS: ClassVar[dict[str, tuple[str, str]]] = {
@@ -585,6 +621,7 @@ class ChaosRun:
         if fault == "worker-kill":
             title += f" x{self.config.worker_kills}"
         phase = Phase(title)
+        self._phase = phase
         self.log(f"phase: {title}")
         with self._load(phase):
             time.sleep(self.config.fault_after_s)
@@ -661,6 +698,8 @@ class ChaosRun:
             details.append(f"webhook events not received: {len(missing_ids)} (outbox status {dict(undelivered)})")
         if implied_missing:
             details.append(f"events the jobs' ends imply but the outbox lacks: {implied_missing[:5]}")
+        if phase.crashes:
+            details.append(f"processes that exited by themselves (restarted): {phase.crashes}")
         if phase.http_5xx_samples:
             details.append(f"5xx answers: {phase.http_5xx_samples}")
         return PhaseReport(
@@ -679,6 +718,7 @@ class ChaosRun:
             webhooks_missing=len(missing_ids) + len(implied_missing),
             webhooks_duplicated=sum(n - 1 for webhook_id, n in by_id.items() if webhook_id in outbox_ids and n > 1),
             recover_s=None if phase.recovered_at is None else phase.recovered_at - (phase.lifted_at or 0),
+            crashes=len(phase.crashes),
             details=details,
         )
 
