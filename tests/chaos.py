@@ -685,7 +685,8 @@ class ChaosRun:
         duplicated_runs = sum(n - 1 for n in runs.values() if n > 1)
         if duplicated_runs:
             details.append(f"stages completed twice: {[k for k, n in runs.items() if n > 1][:5]}")
-        duplicated, extra, missing = self._artifact_counts(phase)
+        ended = {job_id for job_id, status in jobs.items() if status in TERMINAL}
+        duplicated, extra, missing = self._artifact_counts(phase, ended)
         if duplicated or extra or missing:
             details.append(f"artifacts: written twice {duplicated[:3]}, extra {extra[:3]}, missing {missing[:3]}")
         received = self.receiver.received()
@@ -740,8 +741,9 @@ class ChaosRun:
                     runs[(match.group(1), match.group(2))] += 1
         return runs
 
-    def _artifact_counts(self, phase: Phase) -> tuple[list[str], list[str], list[str]]:
-        """Keys written more than once, keys no succeeded stage accounts for, and expected keys absent."""
+    def _artifact_counts(self, phase: Phase, ended: set[str]) -> tuple[list[str], list[str], list[str]]:
+        """Keys written more than once, and, of the jobs that ended (a running stage may have written what it
+        has not recorded yet), keys no succeeded stage accounts for and expected keys absent."""
         assert self._engine is not None
         with self._engine.connect() as connection:
             rows = connection.execute(
@@ -759,7 +761,7 @@ class ChaosRun:
                 if not item.is_delete_marker:
                     versions[str(item.object_name)] += 1
         duplicated = sorted(key for key, n in versions.items() if n > 1)
-        extra = sorted(set(versions) - expected)
+        extra = sorted(key for key in set(versions) - expected if key.split("/")[1] in ended)
         missing = sorted(expected - set(versions))
         return duplicated, extra, missing
 
