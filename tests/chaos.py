@@ -201,12 +201,25 @@ class TenantClient:
         self.preferred = preferred
         self._headers = {"Authorization": f"Bearer {key}"}
         self._local = threading.local()
+        # Every thread's client, kept so that each is closed by ``close`` (not left to the garbage collector
+        # with its sockets open when its thread ends).
+        self._clients: list[httpx.Client] = []
+        self._clients_lock = threading.Lock()
 
     def _http(self) -> httpx.Client:
         client = getattr(self._local, "client", None)
         if client is None:
             client = self._local.client = httpx.Client(headers=self._headers, timeout=15)
+            with self._clients_lock:
+                self._clients.append(client)
         return client
+
+    def close(self) -> None:
+        """Close every thread's client."""
+        with self._clients_lock:
+            clients, self._clients = self._clients, []
+        for client in clients:
+            client.close()
 
     def request(
         self,
@@ -429,6 +442,8 @@ class ChaosRun:
                 with contextlib.suppress(Exception):
                     child.stop()
         self.receiver.down()
+        for client in self.clients:
+            client.close()
         if self._engine is not None:
             self._engine.dispose()
         self.system.stop()
