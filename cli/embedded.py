@@ -1,7 +1,8 @@
 """``imagen-queue up``: the whole system on one machine, no Docker and no external services.
 
-Postgres (with pgvector) and Redis run from wheels, objects live in a folder, and the API, one worker
-(every queue) and the beat scheduler (the sweeper) run as child processes. State lives under
+Postgres (with pgvector) and Redis run from wheels, objects live in a folder, and the API, a model worker,
+a control worker (finalize, sweeps), a webhook worker and the beat scheduler (the sweeper) run as child
+processes. State lives under
 ``IMAGEN_DATA_DIR`` and survives restarts.
 """
 
@@ -97,7 +98,7 @@ def run_embedded(host: str, port: int) -> int:
     """Start everything, print the address and the admin key, and run until interrupted."""
     from cli.services import RedisServer, postgres_data_dir, start_postgres
     from core.preset_files import ModelsNotFoundError
-    from core.routing import CPU_QUEUES, MODEL_QUEUES
+    from core.routing import CONTROL_QUEUES, MODEL_QUEUES, WEBHOOK_QUEUES
 
     base = Settings()
     data_dir = base.data_dir
@@ -139,16 +140,16 @@ def run_embedded(host: str, port: int) -> int:
 
     supervisor = Supervisor(env, logs)
     supervisor.start("api", ["api", "--host", host, "--port", str(port)])
-    # One model worker (as on one GPU), and one for webhooks and control tasks, so a slow webhook receiver
-    # never holds up a model stage. Distinct node names: two workers called celery@host would answer the
-    # broker as one.
-    model_queues = ",".join(MODEL_QUEUES)
-    supervisor.start("worker", ["worker", "--pool", "solo", "--queues", model_queues, "--hostname", "model@%h"])
-    cpu_queues = ",".join(CPU_QUEUES)
-    supervisor.start(
-        "cpu-worker",
-        ["worker", "--pool", "threads", "--concurrency", "4", "--queues", cpu_queues, "--hostname", "cpu@%h"],
-    )
+    # One model worker (as on one GPU), one for control tasks, and one for webhook deliveries: a slow
+    # receiver holds up neither a model stage nor any job's completion. Distinct node names: two workers
+    # called celery@host would answer the broker as one.
+    model = ["--pool", "solo", "--queues", ",".join(MODEL_QUEUES)]
+    supervisor.start("worker", ["worker", *model, "--hostname", "model@%h"])
+    control = ["--pool", "threads", "--concurrency", "4", "--queues", ",".join(CONTROL_QUEUES)]
+    supervisor.start("control-worker", ["worker", *control, "--hostname", "control@%h"])
+    webhooks = ["--pool", "threads", "--concurrency", str(settings.webhook_concurrency)]
+    webhooks += ["--queues", ",".join(WEBHOOK_QUEUES)]
+    supervisor.start("webhook-worker", ["worker", *webhooks, "--hostname", "webhooks@%h"])
     supervisor.start("beat", ["beat"])
 
     signal.signal(signal.SIGTERM, _interrupt)

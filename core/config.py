@@ -46,6 +46,9 @@ class Settings(BaseSettings):
     # Seconds between delivery attempts (each +-20% jitter); after the last one an event ends failed.
     webhook_retry_schedule_s: list[float] = Field(default=[5, 30, 120, 600, 1800, 3600, 10800])
     webhook_timeout_s: float = 10.0
+    # Deliveries one webhook worker makes at once: threads that mostly wait on the network, so a few
+    # stalled receivers leave the rest free.
+    webhook_concurrency: int = Field(default=32, ge=1)
 
     # Per-tenant quotas, unless the tenant row sets its own; a value <= 0 means unlimited.
     default_requests_per_minute: int = 600

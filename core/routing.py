@@ -8,9 +8,13 @@ from core.presets import Preset, StageKind
 
 # One queue per kind of work, so each GPU pool can serve only the stages that fit it.
 QUEUES = ("text", "base", "sr", "caption", "embed", "webhooks", "control")
-# What a GPU worker serves; webhook deliveries (network waits) and control tasks run on a CPU worker.
+# What a GPU worker serves.
 MODEL_QUEUES = ("text", "base", "sr", "caption", "embed")
-CPU_QUEUES = ("webhooks", "control")
+# Finishing jobs and sweeping: short CPU work that every tenant's job completion waits on.
+CONTROL_QUEUES = ("control",)
+# Webhook deliveries: network waits up to the webhook timeout, on a worker of their own (a threads pool),
+# so that a stalled receiver holds up other deliveries at most, never a job's completion.
+WEBHOOK_QUEUES = ("webhooks",)
 
 # The stages every preset shares, by name.
 ENCODE_TEXT = "encode_text"

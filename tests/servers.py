@@ -19,7 +19,7 @@ from typing import Any
 import httpx
 
 from cli.services import RedisServer, free_port, start_postgres
-from core.routing import CPU_QUEUES, MODEL_QUEUES
+from core.routing import CONTROL_QUEUES, MODEL_QUEUES, WEBHOOK_QUEUES
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -186,7 +186,8 @@ class ChildProcess:
 
 
 class System:
-    """The whole system on loopback: databases, broker, store, API, a worker and the beat scheduler."""
+    """The whole system on loopback, laid out as in production: databases, broker, store, the API, a model
+    worker, a control worker, a webhook worker and the beat scheduler."""
 
     def __init__(self, preset: str = "tiny", env_overrides: Mapping[str, str] | None = None) -> None:
         self.preset = preset
@@ -205,7 +206,8 @@ class System:
         self.env: dict[str, str] = {}
         self.api: ChildProcess | None = None
         self.worker: ChildProcess | None = None
-        self.cpu_worker: ChildProcess | None = None
+        self.control_worker: ChildProcess | None = None
+        self.webhook_worker: ChildProcess | None = None
         self.beat: ChildProcess | None = None
         self._pg: Any = None
 
@@ -239,6 +241,7 @@ class System:
             "IMAGEN_WEBHOOK_ALLOW_PRIVATE": "true",
             "IMAGEN_WEBHOOK_RETRY_SCHEDULE_S": "[0.2, 0.4, 0.8]",
             "IMAGEN_WEBHOOK_TIMEOUT_S": "1",
+            "IMAGEN_WEBHOOK_CONCURRENCY": "16",
             # The tests poll fast with few tenants; the quota tests set their tenants' own limits.
             "IMAGEN_DEFAULT_REQUESTS_PER_MINUTE": "100000",
             "HF_HUB_OFFLINE": "1",
@@ -249,7 +252,8 @@ class System:
     def start_processes(self) -> None:
         self.api = ChildProcess("api", ["api", "--port", str(self.api_port)], self.env, self.logs).start()
         self.worker = self.new_worker()
-        self.cpu_worker = self.new_cpu_worker()
+        self.control_worker = self.new_control_worker()
+        self.webhook_worker = self.new_webhook_worker()
         self.beat = ChildProcess(
             "beat",
             ["beat", "--schedule", str(self.root / "celerybeat-schedule"), "--loglevel", "INFO"],
@@ -277,11 +281,18 @@ class System:
         args = ["worker", "--pool", "solo", "--queues", queues, "--hostname", f"{name}@%h"]
         return ChildProcess(name, args, {**self.env, **(env or {})}, self.logs).start()
 
-    def new_cpu_worker(self, name: str = "cpu-worker") -> ChildProcess:
-        """Start the worker for webhook deliveries and control tasks (finalize, sweeps), as in production."""
-        queues = ",".join(CPU_QUEUES)
+    def new_control_worker(self, name: str = "control-worker") -> ChildProcess:
+        """Start the worker for control tasks (finalize, sweeps), as in production."""
+        queues = ",".join(CONTROL_QUEUES)
         args = ["worker", "--pool", "threads", "--concurrency", "4", "--queues", queues, "--hostname", f"{name}@%h"]
         return ChildProcess(name, args, self.env, self.logs).start()
+
+    def new_webhook_worker(self, name: str = "webhook-worker") -> ChildProcess:
+        """Start the worker for webhook deliveries (a threads pool: network waits), as in production."""
+        queues = ",".join(WEBHOOK_QUEUES)
+        concurrency = self.env["IMAGEN_WEBHOOK_CONCURRENCY"]
+        args = ["worker", "--pool", "threads", "--concurrency", concurrency, "--queues", queues]
+        return ChildProcess(name, [*args, "--hostname", f"{name}@%h"], self.env, self.logs).start()
 
     @property
     def postgres(self) -> Any:
@@ -290,7 +301,7 @@ class System:
         return self._pg
 
     def stop(self) -> None:
-        for child in (self.worker, self.cpu_worker, self.beat, self.api):
+        for child in (self.worker, self.control_worker, self.webhook_worker, self.beat, self.api):
             if child is not None:
                 child.stop()
         self.redis.stop()

@@ -14,6 +14,7 @@ import pytest
 from standardwebhooks import Webhook
 from standardwebhooks.webhooks import WebhookVerificationError
 
+from tests.conftest import FAST, Client
 from tests.servers import System, wait_until
 
 # The system's schedule (tests/servers.py): three retries after the first attempt, then failed.
@@ -373,3 +374,37 @@ def test_sweeper_enqueues_events_whose_message_was_lost(hooks: Any, receiver: Re
         event = session.get(WebhookEvent, recent.event_id)
         assert event is not None
         session.delete(event)  # so no later sweep delivers it to a closed receiver
+
+
+def test_stalled_receivers_hold_up_neither_job_completion_nor_other_deliveries(
+    hooks: Any, receiver: Receiver, client: Client
+) -> None:
+    from datetime import datetime
+
+    def seconds(value: str) -> float:
+        return datetime.fromisoformat(value).timestamp()
+
+    client.wait(client.submit(resolution=64, stages=FAST)["id"])  # models loaded: the job below runs at once
+    stalled = Receiver()
+    stalled.answer(then=200, delay_s=5)  # every attempt runs into the 1 s timeout: four attempts each
+    try:
+        for _ in range(12):
+            assert hooks.enqueue_delivery(_new_event(stalled.url()).event_id)
+        stalled.wait_for(4, timeout_s=10)
+
+        # Another tenant's job is finished as soon as its last stage is: finalize waits on no delivery.
+        done = client.wait(client.submit(resolution=64, stages=FAST)["id"])
+        assert done["status"] == "succeeded"
+        finalize_s = seconds(done["finished_at"]) - max(seconds(s["finished_at"]) for s in done["stages"])
+        assert finalize_s < 1.0, finalize_s
+
+        # And another receiver gets its event at once, while the stalled ones are still being retried.
+        outbox = _new_event(receiver.url())
+        sent = time.monotonic()
+        assert hooks.enqueue_delivery(outbox.event_id)
+        (request,) = receiver.wait_for(1, timeout_s=10)
+        assert request.at - sent < 1.0, request.at - sent
+        stalled.wait_for(12 * ATTEMPTS, timeout_s=60)
+        assert max(r.at for r in stalled.received()) > request.at, "the stall was over before the check"
+    finally:
+        stalled.close()
