@@ -67,11 +67,11 @@ def redeliver_event(session: Session, job: Job, delivery_id: str) -> WebhookEven
         event_id = uuid.UUID(delivery_id)
     except ValueError:
         raise NotFound(f"no delivery {delivery_id!r} for job {job.id}", field="delivery_id") from None
-    event = session.get(WebhookEvent, event_id)
+    event = webhook_queries.get_event(session, event_id=event_id, for_update=True)
     if event is None or event.job_id != job.id:
         raise NotFound(f"no delivery {delivery_id!r} for job {job.id}", field="delivery_id")
-    # A deliverer holds the row during its HTTP call: do not queue behind it.
-    if session.get(WebhookEvent, event_id, with_for_update={"skip_locked": True}, populate_existing=True) is None:
+    # An attempt is in flight: its outcome may deliver the event; queueing another now would only race it.
+    if webhook_queries.is_leased(event):
         raise Conflict("this event is being delivered right now; try again in a few seconds", field="delivery_id")
     webhook_queries.reset_for_redelivery(event)
     session.commit()

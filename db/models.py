@@ -19,6 +19,7 @@ from sqlalchemy import (
     String,
     Text,
     UniqueConstraint,
+    Uuid,
     func,
     text,
 )
@@ -218,6 +219,10 @@ class WebhookEvent(Base):
     next_attempt_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
     created_at: Mapped[Created]
     delivered_at: Mapped[Timestamp]
+    # Set while a deliverer makes an attempt (no lock is held across its HTTP call): only the holder of
+    # the token may record the outcome, and an expired lease (a dead deliverer) may be taken again.
+    lease_token: Mapped[uuid.UUID | None] = mapped_column(Uuid)
+    lease_expires_at: Mapped[Timestamp]
 
     # The HTTP attempts, oldest first (``attempts`` above counts those of the current schedule only:
     # a manual redelivery restarts it and keeps this log).

@@ -3,6 +3,11 @@
 An event is ``pending`` until a 2xx answer makes it ``delivered``, or until its retry schedule runs out
 (or its URL can never work) and it ends ``failed``. ``WebhookEvent.attempts`` counts the attempts of the
 current schedule; ``WebhookEvent.attempt_log`` keeps every attempt ever made.
+
+A deliverer holds an event by a lease, not a lock: ``lease_event`` stamps a random token and an expiry on
+the row in a short transaction, the HTTP call runs with no transaction open, and ``leased_event`` finds
+the row again for the outcome only while the token still matches. A deliverer that dies leaves a lease
+that expires; the sweeper then sends the event again.
 """
 
 import enum
@@ -10,7 +15,7 @@ import uuid
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from sqlalchemy import select
+from sqlalchemy import or_, select
 from sqlalchemy.orm import Session, selectinload
 
 from db.models import Job, WebhookAttempt, WebhookEvent
@@ -64,15 +69,72 @@ def record_event(session: Session, *, job: Job, type: str, payload: dict[str, An
     return event
 
 
-def claim_event_for_delivery(session: Session, *, event_id: uuid.UUID) -> WebhookEvent | None:
-    """The pending event, locked until the transaction ends; None if it is settled or another deliverer has it."""
+def lease_event(session: Session, *, event_id: uuid.UUID, lease_s: float, early_s: float) -> WebhookEvent | None:
+    """Lease the event for one attempt, for ``lease_s`` seconds; None unless it is pending, due (or due within
+    ``early_s``) and held by no live lease. The caller commits at once: the lease, not a lock, is the claim."""
+    t = now()
     query = (
         select(WebhookEvent)
-        .where(WebhookEvent.id == event_id, WebhookEvent.status == DeliveryStatus.PENDING)
-        .with_for_update(skip_locked=True)
+        .where(
+            WebhookEvent.id == event_id,
+            WebhookEvent.status == DeliveryStatus.PENDING,
+            WebhookEvent.next_attempt_at <= t + timedelta(seconds=early_s),
+            or_(WebhookEvent.lease_expires_at.is_(None), WebhookEvent.lease_expires_at <= t),
+        )
+        # Waits out another transaction on the row (all are short) and then sees its lease.
+        .with_for_update()
+        .execution_options(populate_existing=True)
+    )
+    event = session.scalar(query)
+    if event is not None:
+        event.lease_token = uuid.uuid4()
+        event.lease_expires_at = t + timedelta(seconds=lease_s)
+    return event
+
+
+def leased_event(session: Session, *, event_id: uuid.UUID, lease_token: uuid.UUID) -> WebhookEvent | None:
+    """The event, locked, if the lease ``lease_token`` still holds it; None if the lease expired and another
+    deliverer took it, or a redelivery reset it: the outcome of that attempt no longer decides anything."""
+    query = (
+        select(WebhookEvent)
+        .where(WebhookEvent.id == event_id, WebhookEvent.lease_token == lease_token)
+        .with_for_update()
         .execution_options(populate_existing=True)
     )
     return session.scalar(query)
+
+
+def is_leased(event: WebhookEvent) -> bool:
+    """Whether a deliverer holds the event right now (an attempt is in flight)."""
+    return event.lease_expires_at is not None and event.lease_expires_at > now()
+
+
+def release_lease(event: WebhookEvent) -> None:
+    """The attempt is recorded: the event is free for the next one."""
+    event.lease_token = None
+    event.lease_expires_at = None
+
+
+def log_attempt(
+    session: Session,
+    *,
+    event_id: uuid.UUID,
+    status_code: int | None,
+    latency_ms: int,
+    error: str | None,
+    attempted_at: datetime | None = None,
+) -> WebhookAttempt:
+    """Add one HTTP attempt to an event's log without counting it (an attempt whose lease was lost)."""
+    attempt = WebhookAttempt(
+        event_id=event_id,
+        attempted_at=attempted_at or now(),
+        status_code=status_code,
+        latency_ms=latency_ms,
+        error=error,
+    )
+    session.add(attempt)
+    session.flush()
+    return attempt
 
 
 def record_attempt(
@@ -85,16 +147,15 @@ def record_attempt(
     attempted_at: datetime | None = None,
 ) -> WebhookAttempt:
     """Log one HTTP attempt at delivering ``event`` and count it."""
-    attempt = WebhookAttempt(
+    attempt = log_attempt(
+        session,
         event_id=event.id,
-        attempted_at=attempted_at or now(),
         status_code=status_code,
         latency_ms=latency_ms,
         error=error,
+        attempted_at=attempted_at,
     )
-    session.add(attempt)
     event.attempts += 1
-    session.flush()
     return attempt
 
 
@@ -115,14 +176,21 @@ def schedule_retry(event: WebhookEvent, *, delay_s: float) -> None:
 
 
 def due_events(session: Session, *, before: datetime, limit: int) -> list[uuid.UUID]:
-    """Pending events due before ``before``, oldest first, skipping those a deliverer holds right now.
+    """Pending events due before ``before``, or whose deliverer's lease ran out, oldest first.
 
     The sweeper passes a time a little in the past, so that only events whose delivery message was lost
-    (not merely on its way) are enqueued again.
+    (not merely on its way) are enqueued again. An expired lease needs no such grace: its deliverer died,
+    or overran its deadline and will find its outcome dropped.
     """
     query = (
         select(WebhookEvent.id)
-        .where(WebhookEvent.status == DeliveryStatus.PENDING, WebhookEvent.next_attempt_at < before)
+        .where(
+            WebhookEvent.status == DeliveryStatus.PENDING,
+            or_(
+                WebhookEvent.lease_expires_at.is_(None) & (WebhookEvent.next_attempt_at < before),
+                WebhookEvent.lease_expires_at <= now(),
+            ),
+        )
         .order_by(WebhookEvent.next_attempt_at)
         .limit(limit)
         .with_for_update(skip_locked=True)
@@ -150,13 +218,17 @@ def get_event(
     if tenant_id is not None:
         query = query.where(WebhookEvent.tenant_id == tenant_id)
     if for_update:
-        # Waits for a delivery in flight, so a reset is not overwritten by its outcome.
+        # Waits only for a lease being taken or an outcome being recorded: no transaction spans an HTTP call.
         query = query.with_for_update()
     return session.scalar(query.execution_options(populate_existing=True))
 
 
 def reset_for_redelivery(event: WebhookEvent) -> None:
-    """Deliver the event again, due now, on a fresh retry schedule; its attempt log is kept."""
+    """Deliver the event again, due now, on a fresh retry schedule; its attempt log is kept.
+
+    Any lease ends: the outcome of an attempt still in flight is logged but no longer settles the event.
+    """
+    release_lease(event)
     event.status = DeliveryStatus.PENDING
     event.attempts = 0
     event.next_attempt_at = now()

@@ -2,9 +2,14 @@
 
 Each attempt is logged. A 2xx answer delivers the event; anything else (an error status, a redirect, a
 timeout, a refused connection) is retried on ``webhook_retry_schedule_s``, after whose last entry the
-event ends failed. A URL the address guard refuses fails at once. The event's row stays locked during
-its HTTP call, so a duplicate message (a broker redelivery, the sweeper) can never deliver it twice at
-once: it skips the locked row, and finds the event settled or not yet due afterwards.
+event ends failed. A URL the address guard refuses fails at once.
+
+An attempt takes three steps, and only the first and last touch the database, each in a short
+transaction: lease the event (``db.webhooks.lease_event``: a token and an expiry past the webhook
+timeout), POST it with no transaction or connection held, then record the outcome if the lease still
+holds. A duplicate message (a broker redelivery, the sweeper) finds the event leased, settled or not yet
+due, and does nothing; a deliverer that dies mid-attempt leaves a lease that expires, and the sweeper
+sends the event again.
 """
 
 import json
@@ -23,7 +28,7 @@ from core.address_guard import BlockedAddress, FetchError, FetchFailed, InvalidU
 from core.config import Settings, get_settings
 from core.metric_counts import count_events
 from db import webhooks as webhook_queries
-from db.models import Tenant, WebhookEvent
+from db.models import Tenant
 from db.session import session_scope
 from workers.dispatch import enqueue_delivery
 
@@ -38,7 +43,22 @@ SWEEP_GRACE_S = 30.0
 _LONGEST_COUNTDOWN_S = 900.0
 # A message that arrives this long before its event is due is a duplicate; the scheduled one follows.
 _EARLY_TOLERANCE_S = 1.0
+# A lease outlasts the webhook timeout (which bounds the whole HTTP exchange) by this much, for the work
+# around the call: a lease that runs out under a live deliverer costs a duplicate delivery, not a loss.
+LEASE_MARGIN_S = 30.0
 _REDIRECT_STATUSES = frozenset({301, 302, 303, 307, 308})
+
+
+@dataclass(frozen=True)
+class LeasedEvent:
+    """What one attempt needs of a leased event, read in the leasing transaction."""
+
+    id: uuid.UUID
+    type: str
+    url: str
+    payload: dict[str, Any]
+    secret: str
+    lease_token: uuid.UUID
 
 
 @dataclass(frozen=True)
@@ -75,10 +95,10 @@ def sign(secret: str, msg_id: str, timestamp: datetime, body: str) -> dict[str, 
     }
 
 
-def post_event(event: WebhookEvent, secret: str, settings: Settings) -> AttemptResult:
+def post_event(event: LeasedEvent, settings: Settings) -> AttemptResult:
     """POST ``event`` once through the address guard (checked again now: DNS may have changed)."""
     body = event_body(event.payload)
-    headers = sign(secret, message_id(event.id), datetime.now(UTC), body)
+    headers = sign(event.secret, message_id(event.id), datetime.now(UTC), body)
     started = time.monotonic()
 
     def elapsed_ms() -> int:
@@ -120,20 +140,64 @@ def retry_delay_s(attempts: int, schedule: list[float]) -> float | None:
 
 
 def deliver_event(event_id: str) -> None:
-    """Deliver one outbox event: POST it, log the attempt, then settle it or schedule the next attempt."""
+    """Deliver one outbox event: lease it, POST it, then log the attempt and settle it or schedule the next."""
     settings = get_settings()
-    retry_in: float | None = None
+    event = _lease(uuid.UUID(event_id), settings)
+    if event is None:
+        return  # settled, gone, not yet due (a duplicate message), or in another deliverer's hands
+    attempted_at = webhook_queries.now()
+    result = post_event(event, settings)  # no transaction or connection held meanwhile
+    retry_in = _settle(event, result, attempted_at, settings)
+    outcome = "delivered" if result.delivered else "http_error" if result.status_code is not None else "error"
+    count_events(webhook_attempts=[outcome])
+    # After the commit: the next attempt must find the schedule it was sent for.
+    if retry_in is not None:
+        enqueue_delivery(event.id, countdown=retry_in)
+
+
+def _lease(event_id: uuid.UUID, settings: Settings) -> LeasedEvent | None:
+    """Lease the event for one attempt, in a transaction of its own; None when it is not ours to deliver."""
     with session_scope() as session:
-        event = webhook_queries.claim_event_for_delivery(session, event_id=uuid.UUID(event_id))
+        event = webhook_queries.lease_event(
+            session,
+            event_id=event_id,
+            lease_s=settings.webhook_timeout_s + LEASE_MARGIN_S,
+            early_s=_EARLY_TOLERANCE_S,
+        )
         if event is None:
-            return  # settled, gone, or being delivered by another worker right now
-        if event.next_attempt_at > webhook_queries.now() + timedelta(seconds=_EARLY_TOLERANCE_S):
-            return  # a duplicate message: the one scheduled for next_attempt_at follows
+            return None
         tenant = session.get(Tenant, event.tenant_id)
         if tenant is None:
             raise LookupError(f"webhook event {event.id} has no tenant {event.tenant_id}")
-        attempted_at = webhook_queries.now()
-        result = post_event(event, tenant.webhook_secret, settings)
+        assert event.lease_token is not None
+        return LeasedEvent(
+            id=event.id,
+            type=event.type,
+            url=event.url,
+            payload=event.payload,
+            secret=tenant.webhook_secret,
+            lease_token=event.lease_token,
+        )
+
+
+def _settle(leased: LeasedEvent, result: AttemptResult, attempted_at: datetime, settings: Settings) -> float | None:
+    """Log the attempt and settle the event or schedule its next attempt, if the lease still holds; the
+    countdown of the next attempt's message, when one is to be sent now."""
+    with session_scope() as session:
+        event = webhook_queries.leased_event(session, event_id=leased.id, lease_token=leased.lease_token)
+        if event is None:
+            # A redelivery reset it, or the lease ran out and another deliverer took it: that one decides.
+            log.warning("webhook %s: lease lost during the attempt; its outcome is only logged", leased.id)
+            if webhook_queries.get_event(session, event_id=leased.id) is not None:
+                webhook_queries.log_attempt(
+                    session,
+                    event_id=leased.id,
+                    status_code=result.status_code,
+                    latency_ms=result.latency_ms,
+                    error="; ".join(filter(None, [result.error, "lease lost: this attempt settled nothing"])),
+                    attempted_at=attempted_at,
+                )
+            return None
         webhook_queries.record_attempt(
             session,
             event=event,
@@ -142,22 +206,19 @@ def deliver_event(event_id: str) -> None:
             error=result.error,
             attempted_at=attempted_at,
         )
+        webhook_queries.release_lease(event)
         delay = None if result.hopeless else retry_delay_s(event.attempts, settings.webhook_retry_schedule_s)
         if result.delivered:
             webhook_queries.mark_delivered(event)
             log.info("webhook %s (%s) delivered to %s", event.id, event.type, event.url)
-        elif delay is None:
+            return None
+        if delay is None:
             webhook_queries.mark_failed(event)
             log.warning("webhook %s failed after %d attempts: %s", event.id, event.attempts, result.error)
-        else:
-            webhook_queries.schedule_retry(event, delay_s=delay)
-            retry_in = delay if delay <= _LONGEST_COUNTDOWN_S else None
-            log.info("webhook %s attempt %d: %s; next in %.1f s", event.id, event.attempts, result.error, delay)
-    outcome = "delivered" if result.delivered else "http_error" if result.status_code is not None else "error"
-    count_events(webhook_attempts=[outcome])
-    # After the commit: the next attempt must find the schedule it was sent for.
-    if retry_in is not None:
-        enqueue_delivery(uuid.UUID(event_id), countdown=retry_in)
+            return None
+        webhook_queries.schedule_retry(event, delay_s=delay)
+        log.info("webhook %s attempt %d: %s; next in %.1f s", event.id, event.attempts, result.error, delay)
+        return delay if delay <= _LONGEST_COUNTDOWN_S else None
 
 
 def sweep_due_webhooks(limit: int = 500) -> int:

@@ -28,6 +28,7 @@ class Request:
     headers: dict[str, str]
     body: bytes
     at: float
+    wall: float
 
 
 class Receiver:
@@ -78,7 +79,7 @@ class Receiver:
             def do_POST(self) -> None:
                 body = self.rfile.read(int(self.headers.get("content-length") or 0))
                 headers = {k.lower(): v for k, v in self.headers.items()}
-                status, delay_s = receiver._next(Request(self.path, headers, body, time.monotonic()))
+                status, delay_s = receiver._next(Request(self.path, headers, body, time.monotonic(), time.time()))
                 time.sleep(delay_s)
                 self.send_response(status)
                 if 300 <= status < 400:
@@ -408,3 +409,81 @@ def test_stalled_receivers_hold_up_neither_job_completion_nor_other_deliveries(
         assert max(r.at for r in stalled.received()) > request.at, "the stall was over before the check"
     finally:
         stalled.close()
+
+
+def test_a_delivery_in_flight_holds_no_lock_and_no_transaction(hooks: Any, receiver: Receiver) -> None:
+    from sqlalchemy import text
+
+    from db.models import WebhookEvent
+    from db.session import session_scope
+
+    receiver.answer(then=200, delay_s=0.7)  # under the 1 s timeout: delivered, after a while
+    outbox = _new_event(receiver.url())
+    assert hooks.enqueue_delivery(outbox.event_id)
+    receiver.wait_for(1)
+
+    with session_scope() as session:
+        # The receiver holds the request: the row is free to lock, and no connection sits in a transaction.
+        row = session.get(WebhookEvent, outbox.event_id, with_for_update={"nowait": True}, populate_existing=True)
+        assert row is not None and row.status == "pending" and row.lease_token is not None
+        idle = session.execute(
+            text(
+                "SELECT count(*) FROM pg_stat_activity WHERE pid <> pg_backend_pid()"
+                " AND state LIKE 'idle in transaction%' AND xact_start < now() - interval '0.3 seconds'"
+            )
+        ).scalar_one()
+        assert idle == 0
+        session.rollback()
+
+    delivery = _wait_settled(outbox.job_id)
+    assert (delivery.status, [code for code, _, _ in delivery.log]) == ("delivered", [200])
+
+
+def test_the_lease_of_a_deliverer_that_died_expires_and_the_event_is_delivered(hooks: Any, receiver: Receiver) -> None:
+    from db.models import WebhookEvent
+    from db.session import session_scope
+    from db.webhooks import lease_event, now
+
+    outbox = _new_event(receiver.url())
+    with session_scope() as session:
+        # A deliverer leased the event and died before its POST: long overdue, but held for 3 s more.
+        event = session.get(WebhookEvent, outbox.event_id)
+        assert event is not None
+        event.next_attempt_at = now() - timedelta(minutes=2)
+        session.flush()
+        leased = lease_event(session, event_id=outbox.event_id, lease_s=3, early_s=0)
+        assert leased is not None and leased.lease_expires_at is not None
+        expires = leased.lease_expires_at.timestamp()
+    assert hooks.enqueue_delivery(outbox.event_id)  # a duplicate message: finds the event leased
+    time.sleep(1.5)  # the beat's sweeper runs every second, and leaves a held event alone
+    assert receiver.received() == []
+
+    (request,) = receiver.wait_for(1, timeout_s=30)  # the beat's sweeper, once the lease ran out
+    assert request.wall >= expires - 0.05, (request.wall, expires)
+    delivery = _wait_settled(outbox.job_id)
+    assert (delivery.status, [code for code, _, _ in delivery.log]) == ("delivered", [200])
+
+
+def test_a_redelivery_during_an_attempt_wins_over_its_outcome(hooks: Any, receiver: Receiver) -> None:
+    from db.session import session_scope
+    from db.webhooks import get_event, reset_for_redelivery
+
+    receiver.answer(then=200, delay_s=0.7)
+    outbox = _new_event(receiver.url())
+    assert hooks.enqueue_delivery(outbox.event_id)
+    receiver.wait_for(1)
+
+    started = time.monotonic()
+    with session_scope() as session:
+        event = get_event(session, event_id=outbox.event_id, for_update=True)
+        assert event is not None and event.status == "pending"
+        reset_for_redelivery(event)
+    assert time.monotonic() - started < 0.5, "the reset waited for the attempt in flight"
+    assert hooks.enqueue_delivery(outbox.event_id)
+
+    delivery = _wait_settled(outbox.job_id, attempts_logged=2)
+    assert (delivery.status, delivery.attempts) == ("delivered", 1)
+    assert len(receiver.received()) == 2
+    # The attempt that was in flight is logged, marked as one that settled nothing.
+    assert [code for code, _, _ in delivery.log] == [200, 200]
+    assert "lease lost" in (delivery.log[0][1] or "") and delivery.log[1][1] is None
