@@ -15,13 +15,12 @@ from db import jobs as job_queries
 from db import webhooks as webhook_queries
 from db.events import JobEvents
 from db.models import Job, JobStatus, Tenant, WebhookEvent
-from storage.object_store import ObjectStore
 from workers.dispatch import dispatch_job, enqueue_delivery
 
 
-def cancel_job_now(session: Session, job: Job, store: ObjectStore) -> None:
+def cancel_job_now(session: Session, job: Job) -> None:
     """Cancel a job locked for update: at once if queued, else when its running stage notices; commits."""
-    events = JobEvents(session, store)
+    events = JobEvents(session)
     if job_queries.request_cancel(job):
         events.finished(job)
     session.commit()

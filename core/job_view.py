@@ -6,7 +6,7 @@ preset names as final for the job's resolution.
 
 import uuid
 from datetime import datetime
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 from pydantic import BaseModel
 
@@ -16,7 +16,12 @@ from core.statuses import JobStatus, StageStatus
 
 if TYPE_CHECKING:
     from db.models import Job, JobStage
-    from storage.object_store import ObjectStore
+
+
+class UrlSigner(Protocol):
+    """What the view needs of the object store: a presigned GET URL for a key."""
+
+    def presigned_url(self, key: str, ttl_s: int) -> str: ...
 
 
 class OutputFile(BaseModel):
@@ -76,7 +81,7 @@ class JobPublic(BaseModel):
     output: JobOutput | None
 
     @classmethod
-    def from_row(cls, job: "Job", store: "ObjectStore", ttl_s: int) -> "JobPublic":
+    def from_row(cls, job: "Job", store: UrlSigner, ttl_s: int) -> "JobPublic":
         """The public view of a job row, with fresh presigned URLs for its images."""
         stages = [_stage_public(stage, store, ttl_s) for stage in job.stages]
         output = _output(job, stages) if job.status == JobStatus.SUCCEEDED else None
@@ -113,7 +118,7 @@ def _output(job: "Job", stages: list[StagePublic]) -> JobOutput:
     )
 
 
-def _stage_public(stage: "JobStage", store: "ObjectStore", ttl_s: int) -> StagePublic:
+def _stage_public(stage: "JobStage", store: UrlSigner, ttl_s: int) -> StagePublic:
     outputs = [
         OutputFile(
             index=o["index"],

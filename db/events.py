@@ -10,31 +10,23 @@ stream falls back to the job's row.
 
 import uuid
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from sqlalchemy.orm import Session
 
-from core.config import get_settings
-from core.job_view import JobPublic
 from core.live_events import append_live
 from core.metric_counts import StageObservation, count_events
 from core.statuses import JobStatus
+from core.webhook_payload import job_snapshot
 from db.models import Job, JobStage
 from db.webhooks import record_event
 
-if TYPE_CHECKING:
-    from storage.object_store import ObjectStore
-
 
 class JobEvents:
-    """Events of state changes made in one transaction, published once it committed.
+    """Events of state changes made in one transaction, published once it committed."""
 
-    ``store`` signs the image URLs of the job snapshot that each webhook event carries.
-    """
-
-    def __init__(self, session: Session, store: "ObjectStore") -> None:
+    def __init__(self, session: Session) -> None:
         self.session = session
-        self.store = store
         self._live: list[tuple[uuid.UUID, str, dict[str, Any]]] = []
         self._deliveries: list[uuid.UUID] = []
         self._finished: list[tuple[str, str]] = []
@@ -44,8 +36,15 @@ class JobEvents:
         if not job.webhook:
             return
         self.session.flush()
-        snapshot = JobPublic.from_row(job, self.store, get_settings().presign_ttl_s).model_dump(mode="json")
-        event = record_event(self.session, job=job, type=type, payload={"type": type, **extra, "data": snapshot})
+        # Image URLs are signed at each delivery attempt, not now: retries outlive a URL's expiry.
+        snapshot, image_keys = job_snapshot(job)
+        event = record_event(
+            self.session,
+            job=job,
+            type=type,
+            payload={"type": type, **extra, "data": snapshot},
+            image_keys=[(["data", *path], key) for path, key in image_keys],
+        )
         if event is not None:
             self._deliveries.append(event.id)
 

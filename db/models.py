@@ -199,7 +199,8 @@ class Embedding(Base):
 class WebhookEvent(Base):
     """The outbox: one event of one job for its webhook, written in the transaction of the state change.
 
-    Its id is the ``webhook-id`` (stable across retries); its payload is frozen when the event happens.
+    Its id is the ``webhook-id`` (stable across retries); its payload is frozen when the event happens,
+    except for image URLs, which each attempt signs afresh from ``image_keys`` (see core.webhook_payload).
     """
 
     __tablename__ = "webhook_events"
@@ -214,6 +215,8 @@ class WebhookEvent(Base):
     type: Mapped[str] = mapped_column(String(32))
     url: Mapped[str] = mapped_column(String(2048))
     payload: Mapped[JSONDict]
+    # [[path in the payload, object key], ...]: where each attempt puts a freshly presigned image URL.
+    image_keys: Mapped[list[Any]] = mapped_column(JSONB, default=list, server_default="[]")
     status: Mapped[str] = mapped_column(String(16), default="pending", server_default="pending")
     attempts: Mapped[int] = mapped_column(Integer, default=0, server_default=text("0"))
     next_attempt_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())

@@ -12,6 +12,7 @@ that expires; the sweeper then sends the event again.
 
 import enum
 import uuid
+from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -44,10 +45,19 @@ def wants_event(webhook: dict[str, Any], type: str) -> bool:
     return not groups or any(type in EVENT_FILTERS.get(group, ()) for group in groups)
 
 
-def record_event(session: Session, *, job: Job, type: str, payload: dict[str, Any]) -> WebhookEvent | None:
+def record_event(
+    session: Session,
+    *,
+    job: Job,
+    type: str,
+    payload: dict[str, Any],
+    image_keys: Sequence[tuple[list[str | int], str]] = (),
+) -> WebhookEvent | None:
     """Put an event of ``job`` in the outbox, due now, if its webhook asks for it; else None.
 
-    Call it in the transaction that changes the job, and enqueue its delivery after the commit.
+    ``image_keys`` name the places in ``payload`` where each attempt puts a freshly signed image URL
+    (see ``core.webhook_payload``). Call it in the transaction that changes the job, and enqueue its
+    delivery after the commit.
     """
     if not job.webhook or not wants_event(job.webhook, type):
         return None
@@ -59,6 +69,7 @@ def record_event(session: Session, *, job: Job, type: str, payload: dict[str, An
         type=type,
         url=job.webhook["url"],
         payload=payload,
+        image_keys=[[path, key] for path, key in image_keys],
         status=DeliveryStatus.PENDING,
         attempts=0,
         next_attempt_at=t,

@@ -32,7 +32,6 @@ from db.events import JobEvents
 from db.models import JobStage
 from db.session import session_scope
 from storage.errors import StoreUnavailable
-from storage.factory import process_store
 from workers.dispatch import enqueue_delivery
 
 log = logging.getLogger(__name__)
@@ -88,7 +87,7 @@ class StageRun:
 def job_transaction() -> Iterator[tuple[Session, JobEvents]]:
     """A transaction whose job events are published after it commits (and dropped if it rolls back)."""
     with session_scope() as session:
-        events = JobEvents(session, process_store())
+        events = JobEvents(session)
         yield session, events
     events.publish(enqueue_delivery)
 

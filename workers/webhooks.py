@@ -10,6 +10,10 @@ timeout), POST it with no transaction or connection held, then record the outcom
 holds. A duplicate message (a broker redelivery, the sweeper) finds the event leased, settled or not yet
 due, and does nothing; a deliverer that dies mid-attempt leaves a lease that expires, and the sweeper
 sends the event again.
+
+Image URLs in a payload are presigned at each attempt (``core.webhook_payload``): an event retried hours
+after it happened still links to images that open. The ``webhook-id`` is the same on every attempt; the
+body differs between attempts only by those URLs, and the signature by its timestamp.
 """
 
 import json
@@ -20,6 +24,7 @@ import time
 import uuid
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
+from functools import lru_cache
 from typing import Any
 
 from standardwebhooks import Webhook
@@ -27,9 +32,12 @@ from standardwebhooks import Webhook
 from core.address_guard import BlockedAddress, FetchError, FetchFailed, InvalidUrl, TooLarge, fetch
 from core.config import Settings, get_settings
 from core.metric_counts import count_events
+from core.webhook_payload import with_image_urls
 from db import webhooks as webhook_queries
 from db.models import Tenant
 from db.session import session_scope
+from storage.factory import get_store
+from storage.object_store import ObjectStore
 from workers.dispatch import enqueue_delivery
 
 log = logging.getLogger(__name__)
@@ -57,6 +65,7 @@ class LeasedEvent:
     type: str
     url: str
     payload: dict[str, Any]
+    image_keys: list[Any]
     secret: str
     lease_token: uuid.UUID
 
@@ -78,7 +87,7 @@ def message_id(event_id: uuid.UUID) -> str:
 
 
 def event_body(payload: dict[str, Any]) -> str:
-    """The JSON body of an event: compact, keys sorted, the same bytes on every attempt."""
+    """The JSON body of a payload: compact, keys sorted."""
     return json.dumps(payload, separators=(",", ":"), sort_keys=True)
 
 
@@ -95,9 +104,19 @@ def sign(secret: str, msg_id: str, timestamp: datetime, body: str) -> dict[str, 
     }
 
 
+@lru_cache
+def _url_signer() -> ObjectStore:
+    # Never ensures the bucket: presigning is pure computation, and a delivery needs no store round trip.
+    return get_store(get_settings())
+
+
 def post_event(event: LeasedEvent, settings: Settings) -> AttemptResult:
-    """POST ``event`` once through the address guard (checked again now: DNS may have changed)."""
-    body = event_body(event.payload)
+    """POST ``event`` once, with freshly signed image URLs, through the address guard (checked again now:
+    DNS may have changed)."""
+    payload = with_image_urls(
+        event.payload, event.image_keys, lambda key: _url_signer().presigned_url(key, settings.presign_ttl_s)
+    )
+    body = event_body(payload)
     headers = sign(event.secret, message_id(event.id), datetime.now(UTC), body)
     started = time.monotonic()
 
@@ -175,6 +194,7 @@ def _lease(event_id: uuid.UUID, settings: Settings) -> LeasedEvent | None:
             type=event.type,
             url=event.url,
             payload=event.payload,
+            image_keys=event.image_keys,
             secret=tenant.webhook_secret,
             lease_token=event.lease_token,
         )

@@ -39,7 +39,6 @@ from db import jobs as job_queries
 from db import tenants as tenant_queries
 from db import webhooks as webhook_queries
 from db.models import ApiKey, Job, JobStatus, Tenant
-from storage.factory import process_store
 
 router = APIRouter(prefix="/admin", include_in_schema=False)
 
@@ -261,7 +260,7 @@ def _job_action(session: Session, job_id: str, action: str, delivery_id: str | N
         return _see_other("/admin/jobs")
     try:
         if action == "cancel":
-            cancel_job_now(session, job, process_store())
+            cancel_job_now(session, job)
         elif action == "retry":
             retry_job_now(session, job)
         else:

@@ -123,7 +123,7 @@ async def read_job(
 @router.post("/{job_id}/cancel", response_model=JobPublic)
 def cancel_job(job: LockedJob, session: SessionDep, store: StoreDep, settings: SettingsDep) -> JobPublic:
     """Cancel now, or as soon as the running stage notices."""
-    cancel_job_now(session, job, store)
+    cancel_job_now(session, job)
     return JobPublic.from_row(job, store, settings.presign_ttl_s)
 
 

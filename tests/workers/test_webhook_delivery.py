@@ -487,3 +487,56 @@ def test_a_redelivery_during_an_attempt_wins_over_its_outcome(hooks: Any, receiv
     # The attempt that was in flight is logged, marked as one that settled nothing.
     assert [code for code, _, _ in delivery.log] == [200, 200]
     assert "lease lost" in (delivery.log[0][1] or "") and delivery.log[1][1] is None
+
+
+def test_each_attempt_carries_freshly_signed_image_urls(hooks: Any, receiver: Receiver, client: Client) -> None:
+    import json
+    from datetime import UTC, datetime
+    from urllib.parse import parse_qs, urlsplit
+
+    import httpx
+
+    receiver.answer(500, 500, 500, then=200)
+    body = {
+        "kind": "generate",
+        "input": {"prompt": "a corgi", "resolution": 64, "stages": FAST},
+        "webhook": {"url": receiver.url(), "events": ["completed"]},
+    }
+    job = client.wait(client.http.post("/v1/jobs", json=body).json()["id"])
+    assert job["status"] == "succeeded"
+    requests = receiver.wait_for(ATTEMPTS)
+    secret = client.http.get("/v1/webhooks/secret").json()["secret"]
+
+    def image_url(payload: dict[str, Any]) -> str:
+        (image,) = payload["data"]["output"]["images"]
+        return str(image["url"])
+
+    def signed_at(url: str) -> float:
+        (amz_date,) = parse_qs(urlsplit(url).query)["X-Amz-Date"]
+        return datetime.strptime(amz_date, "%Y%m%dT%H%M%SZ").replace(tzinfo=UTC).timestamp()
+
+    def without_urls(payload: dict[str, Any]) -> str:
+        payload["data"]["output"]["images"][0]["url"] = None
+        for stage in payload["data"]["stages"]:
+            for output in stage["outputs"]:
+                output["url"] = None
+        return json.dumps(payload, sort_keys=True)
+
+    payloads = [Webhook(secret).verify(r.body, r.headers) for r in requests]
+    urls = [image_url(p) for p in payloads]
+    for request, url in zip(requests, urls, strict=True):
+        assert abs(signed_at(url) - request.wall) < 3, "the URL was not signed at its attempt"
+    # Signatures carry whole seconds: attempts 0.2 s apart may share one, the first and last never do.
+    assert signed_at(urls[-1]) > signed_at(urls[0]) and urls[-1] != urls[0]
+    # One event: the same webhook-id, and the same body but for the URLs.
+    assert len({r.headers["webhook-id"] for r in requests}) == 1
+    assert len({without_urls(p) for p in payloads}) == 1
+    assert httpx.get(urls[-1]).content.startswith(b"\x89PNG")
+
+    from db.session import session_scope
+    from db.webhooks import list_deliveries
+
+    with session_scope() as session:
+        (event,) = list_deliveries(session, job_id=uuid.UUID(job["id"]))
+        assert event.payload["data"]["output"]["images"][0]["url"] is None  # the outbox keeps keys, not URLs
+        assert event.image_keys
