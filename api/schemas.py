@@ -294,6 +294,8 @@ class WebhookDelivery(BaseModel):
     id: uuid.UUID
     webhook_id: str
     type: str
+    # The event's place among the job's events (1, 2, 3, ...), as its payload's ``sequence`` says.
+    sequence: int
     url: str
     status: str
     attempts: list[DeliveryAttempt]

@@ -104,6 +104,9 @@ class Job(Base):
     # Each (re-)enqueue of the chain bumps dispatch_seq; tasks carrying an older number are stale
     # duplicates (a broker redelivery racing the sweeper) and stop without doing anything.
     dispatch_seq: Mapped[int] = mapped_column(Integer, default=0, server_default=text("0"))
+    # The sequence number of the job's latest webhook event: each event takes the next one, in the
+    # transaction that records it, so a receiver can order a job's events however they arrive.
+    webhook_seq: Mapped[int] = mapped_column(Integer, default=0, server_default=text("0"))
     dispatched_at: Mapped[Timestamp]
     created_at: Mapped[Created]
     started_at: Mapped[Timestamp]
@@ -207,12 +210,15 @@ class WebhookEvent(Base):
     __table_args__ = (
         # The delivery sweeper scans only events still to deliver.
         Index("ix_webhook_events_due", "next_attempt_at", postgresql_where=text("status = 'pending'")),
+        UniqueConstraint("job_id", "sequence"),
     )
 
     id: Mapped[UUIDPk]
     job_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("jobs.id", ondelete="CASCADE"), index=True)
     tenant_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("tenants.id", ondelete="CASCADE"))
     type: Mapped[str] = mapped_column(String(32))
+    # 1, 2, 3, ... among the job's events, in the order they happened (also in the payload).
+    sequence: Mapped[int] = mapped_column(Integer)
     url: Mapped[str] = mapped_column(String(2048))
     payload: Mapped[JSONDict]
     # [[path in the payload, object key], ...]: where each attempt puts a freshly presigned image URL.

@@ -16,7 +16,7 @@ from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from sqlalchemy import or_, select
+from sqlalchemy import or_, select, update
 from sqlalchemy.orm import Session, selectinload
 
 from db.models import Job, WebhookAttempt, WebhookEvent
@@ -56,19 +56,26 @@ def record_event(
     """Put an event of ``job`` in the outbox, due now, if its webhook asks for it; else None.
 
     ``image_keys`` name the places in ``payload`` where each attempt puts a freshly signed image URL
-    (see ``core.webhook_payload``). Call it in the transaction that changes the job, and enqueue its
-    delivery after the commit.
+    (see ``core.webhook_payload``). The event takes the job's next sequence number, which the payload
+    carries as ``sequence``. Call it in the transaction that changes the job, and enqueue its delivery
+    after the commit.
     """
     if not job.webhook or not wants_event(job.webhook, type):
         return None
+    # One statement, which takes the job row's lock: concurrent recorders get distinct, gapless numbers in
+    # the order they commit, whether or not the caller locked the job.
+    sequence = session.execute(
+        update(Job).where(Job.id == job.id).values(webhook_seq=Job.webhook_seq + 1).returning(Job.webhook_seq)
+    ).scalar_one()
     t = now()
     # created_at from Python, not the transaction's now(): events of one transaction keep their order.
     event = WebhookEvent(
         job_id=job.id,
         tenant_id=job.tenant_id,
         type=type,
+        sequence=sequence,
         url=job.webhook["url"],
-        payload=payload,
+        payload={**payload, "sequence": sequence},
         image_keys=[[path, key] for path, key in image_keys],
         status=DeliveryStatus.PENDING,
         attempts=0,
@@ -210,11 +217,11 @@ def due_events(session: Session, *, before: datetime, limit: int) -> list[uuid.U
 
 
 def list_deliveries(session: Session, *, job_id: uuid.UUID) -> list[WebhookEvent]:
-    """A job's webhook events, newest first, each with its attempt log loaded."""
+    """A job's webhook events, newest (highest sequence) first, each with its attempt log loaded."""
     query = (
         select(WebhookEvent)
         .where(WebhookEvent.job_id == job_id)
-        .order_by(WebhookEvent.created_at.desc())
+        .order_by(WebhookEvent.sequence.desc())
         .options(selectinload(WebhookEvent.attempt_log))
         .execution_options(populate_existing=True)
     )

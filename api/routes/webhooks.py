@@ -16,6 +16,7 @@ def _delivery(event: WebhookEvent) -> WebhookDelivery:
         id=event.id,
         webhook_id=f"msg_{event.id.hex}",
         type=event.type,
+        sequence=event.sequence,
         url=event.url,
         status=event.status,
         attempts=[

@@ -150,7 +150,7 @@ def _new_event(url: str, type: str = "job.succeeded") -> Outbox:
         payload = {"type": type, "data": {"id": str(job.id), "status": "succeeded", "prompt": "a corgi 🐕"}}
         event = record_event(session, job=job, type=type, payload=payload)
         assert event is not None
-        return Outbox(event.id, job.id, tenant.webhook_secret, payload)
+        return Outbox(event.id, job.id, tenant.webhook_secret, event.payload)
 
 
 @dataclass(frozen=True)
@@ -540,3 +540,61 @@ def test_each_attempt_carries_freshly_signed_image_urls(hooks: Any, receiver: Re
         (event,) = list_deliveries(session, job_id=uuid.UUID(job["id"]))
         assert event.payload["data"]["output"]["images"][0]["url"] is None  # the outbox keeps keys, not URLs
         assert event.image_keys
+
+
+def test_a_jobs_events_are_numbered_in_order(hooks: Any, receiver: Receiver, client: Client) -> None:
+    body = {
+        "kind": "generate",
+        "input": {"prompt": "a corgi", "resolution": 256, "stages": FAST},
+        "webhook": {"url": receiver.url()},
+    }
+    job = client.wait(client.http.post("/v1/jobs", json=body).json()["id"])
+    assert job["status"] == "succeeded"
+    count = 1 + len(job["stages"]) + 1  # started, one per stage, succeeded
+    requests = receiver.wait_for(count)
+    secret = client.http.get("/v1/webhooks/secret").json()["secret"]
+
+    by_sequence = sorted((Webhook(secret).verify(r.body, r.headers) for r in requests), key=lambda p: p["sequence"])
+    assert [p["sequence"] for p in by_sequence] == list(range(1, count + 1))
+    assert [p["type"] for p in by_sequence] == ["job.started", *["job.stage"] * len(job["stages"]), "job.succeeded"]
+    assert [p["stage"] for p in by_sequence[1:-1]] == [s["name"] for s in job["stages"]]
+
+    deliveries = client.http.get(f"/v1/jobs/{job['id']}/deliveries").json()["items"]
+    assert [d["sequence"] for d in deliveries] == list(range(count, 0, -1))  # newest first
+    sequence_of = {r.headers["webhook-id"]: Webhook(secret).verify(r.body, r.headers)["sequence"] for r in requests}
+    assert all(sequence_of[d["webhook_id"]] == d["sequence"] for d in deliveries)
+
+
+def test_concurrent_recorders_take_distinct_numbers(hooks: Any) -> None:
+    from concurrent.futures import ThreadPoolExecutor
+
+    from sqlalchemy import delete
+
+    from db import jobs
+    from db.models import WebhookEvent
+    from db.session import session_scope
+    from db.webhooks import record_event
+
+    closed = Receiver()
+    closed.close()
+    outbox = _new_event(closed.url())  # sequence 1; never enqueued, and nothing listens there
+    barrier = threading.Barrier(6)
+
+    def record(_: int) -> int:
+        with session_scope() as session:
+            # The job is read without a lock, as a caller that forgot one would.
+            job = jobs.get_job(session, job_id=outbox.job_id)
+            assert job is not None
+            barrier.wait()
+            event = record_event(session, job=job, type="job.succeeded", payload={"type": "job.succeeded"})
+            assert event is not None
+            return event.sequence
+
+    try:
+        with ThreadPoolExecutor(6) as pool:
+            numbers = list(pool.map(record, range(6)))
+        assert outbox.payload["sequence"] == 1
+        assert sorted(numbers) == list(range(2, 8))
+    finally:
+        with session_scope() as session:
+            session.execute(delete(WebhookEvent).where(WebhookEvent.job_id == outbox.job_id))
