@@ -5,7 +5,7 @@ import hashlib
 import io
 import math
 import struct
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from dataclasses import dataclass
 from typing import Self
 from uuid import UUID
@@ -15,7 +15,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 from pydantic_core import PydanticCustomError
 from sqlalchemy.orm import Session
 
-from core.address_guard import MAX_URL_CHARS, BlockedAddress, FetchError, fetch
+from core.address_guard import DEFAULT_ALLOWED_PORTS, MAX_URL_CHARS, BlockedAddress, FetchError, fetch
 from core.config import Settings
 from core.errors import InvalidInput, NotFound
 from core.job_input import ImageSource, InputImage
@@ -175,6 +175,7 @@ def resolve_image(
     find_artifact: Callable[[UUID, str, int], str | None],
     field: str,
     temporary: bool = False,
+    allowed_ports: Collection[int] = DEFAULT_ALLOWED_PORTS,
 ) -> StoredImage:
     """The stored, validated image that ``image`` names (an upload or a URL's image under a query key that
     the caller deletes when done, if ``temporary``).
@@ -188,7 +189,12 @@ def resolve_image(
         return _resolve_base64(image.base64, store=store, field=f"{field}.base64", temporary=temporary)
     if image.url is not None:
         return _resolve_url(
-            image.url, store=store, allow_private=allow_private, field=f"{field}.url", temporary=temporary
+            image.url,
+            store=store,
+            allow_private=allow_private,
+            allowed_ports=allowed_ports,
+            field=f"{field}.url",
+            temporary=temporary,
         )
     if image.artifact is not None:
         return _resolve_artifact(image.artifact, store=store, find_artifact=find_artifact, field=f"{field}.artifact")
@@ -217,6 +223,7 @@ def resolve_image_input(
         image,
         store=store,
         allow_private=settings.image_url_allow_private,
+        allowed_ports=settings.image_url_allowed_ports,
         find_artifact=lambda job_id, stage, index: image_artifact_key(
             session, tenant_id=tenant_id, job_id=job_id, stage=stage, index=index
         ),
@@ -244,9 +251,17 @@ def _resolve_base64(text: str, *, store: ObjectStore, field: str, temporary: boo
         raise InvalidInput(str(err), field=field) from None
 
 
-def _resolve_url(url: str, *, store: ObjectStore, allow_private: bool, field: str, temporary: bool) -> StoredImage:
+def _resolve_url(
+    url: str, *, store: ObjectStore, allow_private: bool, allowed_ports: Collection[int], field: str, temporary: bool
+) -> StoredImage:
     try:
-        result = fetch(url, allow_private=allow_private, max_bytes=MAX_IMAGE_BYTES, timeout_s=URL_TIMEOUT_S)
+        result = fetch(
+            url,
+            allow_private=allow_private,
+            allowed_ports=allowed_ports,
+            max_bytes=MAX_IMAGE_BYTES,
+            timeout_s=URL_TIMEOUT_S,
+        )
     except BlockedAddress as err:
         raise InvalidInput(str(err), field=field) from None
     except FetchError as err:

@@ -4,12 +4,20 @@ its webhook checked; and replay a request that carried an ``Idempotency-Key`` al
 import hashlib
 import json
 import secrets
+from typing import Any
 
 from sqlalchemy.orm import Session
 
 from api.callers import Caller
 from api.images import resolve_image_input
-from api.schemas import CaptionJobCreate, GenerateInput, GenerateJobCreate, JobCreate, StageParameters
+from api.schemas import (
+    CaptionJobCreate,
+    GenerateInput,
+    GenerateJobCreate,
+    JobCreate,
+    StageParameters,
+    WebhookSpec,
+)
 from core.address_guard import FetchError, check_url
 from core.config import Settings
 from core.errors import Conflict, InvalidInput
@@ -99,13 +107,7 @@ def create_job_row(
         spec_type = CaptionSpec if isinstance(body, CaptionJobCreate) else IndexSpec
         spec = spec_type(image=image, **options)
         stages = single_stage(body.kind)
-    webhook = None
-    if body.webhook is not None:
-        try:
-            check_url(body.webhook.url, allow_private=settings.webhook_allow_private)
-        except FetchError as exc:
-            raise InvalidInput(f"webhook.url: {exc}", field="webhook.url") from None
-        webhook = {"url": body.webhook.url, "events": sorted(set(body.webhook.events))}
+    webhook = checked_webhook(body.webhook, settings) if body.webhook is not None else None
     job = job_queries.create_job(
         session,
         tenant_id=key.tenant_id,
@@ -120,6 +122,15 @@ def create_job_row(
         dispatched_at=job_queries.now(),
     )
     return job
+
+
+def checked_webhook(spec: WebhookSpec, settings: Settings) -> dict[str, Any]:
+    """The job's webhook settings, once its URL passed the address guard (scheme, port, addresses)."""
+    try:
+        check_url(spec.url, allow_private=settings.webhook_allow_private, allowed_ports=settings.webhook_allowed_ports)
+    except FetchError as exc:
+        raise InvalidInput(f"webhook.url: {exc}", field="webhook.url") from None
+    return {"url": spec.url, "events": sorted(set(spec.events))}
 
 
 def request_fingerprint(body: JobCreate) -> str:

@@ -1,7 +1,8 @@
 """The private-address guard for outbound HTTP to client-supplied URLs (image URLs, webhooks).
 
-``check_url`` parses a URL, resolves its host and refuses it when any address is loopback, private,
-link-local (cloud metadata included) or otherwise not public. ``fetch`` then connects to the address
+``check_url`` parses a URL, refuses a port that web servers do not listen on, resolves its host and
+refuses it when any address is loopback, private, link-local (cloud metadata included) or otherwise not
+public. ``fetch`` then connects to the address
 that was vetted, not to whatever the name resolves to a moment later (DNS rebinding), re-checks every
 redirect, caps the body and bounds the whole exchange by one deadline.
 """
@@ -9,7 +10,7 @@ redirect, caps the body and bounds the whole exchange by one deadline.
 import asyncio
 import re
 import socket
-from collections.abc import Iterator, Mapping
+from collections.abc import Collection, Iterator, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -24,6 +25,10 @@ MAX_REDIRECTS = 3
 _DEFAULT_PORTS = {"http": 80, "https": 443}
 _REDIRECT_STATUSES = frozenset({301, 302, 303, 307, 308})
 _REFUSED = "loopback, private, link-local and other non-public addresses are refused"
+# The ports web servers listen on: HTTPS and HTTP, and their customary alternates. Any other port of a
+# public host is some other service (mail, SSH, a database, a cache): a client URL pointing there would
+# make this server probe or talk to it on the client's behalf.
+DEFAULT_ALLOWED_PORTS = frozenset({443, 80, 8443, 8080})
 
 # Names that reach this machine or a cloud metadata service whatever the resolver says.
 _BLOCKED_NAMES = frozenset({"localhost", "metadata", "metadata.google.internal", "instance-data"})
@@ -54,6 +59,10 @@ class FetchError(ValueError):
 
 class InvalidUrl(FetchError):
     """The URL is malformed, too long, has a user name or password, or a scheme that is not allowed."""
+
+
+class RefusedPort(InvalidUrl):
+    """The URL names a port outside the allowed ones."""
 
 
 class BlockedAddress(FetchError):
@@ -123,14 +132,26 @@ class FetchResult:
     status_code: int
 
 
-def check_url(url: str, *, allow_private: bool, allowed_schemes: tuple[str, ...] = ("https",)) -> ResolvedTarget:
-    """Parse and resolve ``url``; refuse it unless every address it resolves to is public.
+def check_url(
+    url: str,
+    *,
+    allow_private: bool,
+    allowed_schemes: tuple[str, ...] = ("https",),
+    allowed_ports: Collection[int] = DEFAULT_ALLOWED_PORTS,
+) -> ResolvedTarget:
+    """Parse and resolve ``url``; refuse it unless its port is allowed and every address it resolves to is
+    public.
 
-    ``allow_private`` (local development and tests only) lifts the address and host name checks and
-    also allows ``http``. Raises InvalidUrl, BlockedAddress or UnresolvableHost.
+    ``allow_private`` (local development and tests only) lifts the address, host name and port checks
+    and also allows ``http``. Raises InvalidUrl (RefusedPort for a port), BlockedAddress or
+    UnresolvableHost.
     """
     scheme, host, port, target = _parse(url, allow_private=allow_private, allowed_schemes=allowed_schemes)
     if not allow_private:
+        # Before resolving: a refused URL costs no DNS query.
+        if port not in allowed_ports:
+            allowed = ", ".join(str(p) for p in sorted(allowed_ports)) or "none"
+            raise RefusedPort(f"{url!r} has port {port}; only ports {allowed} are allowed")
         _refuse_local_names(host)
     addresses = _resolve(host, port)
     if not allow_private:
@@ -156,6 +177,7 @@ def fetch(
     max_bytes: int,
     timeout_s: float,
     allowed_schemes: tuple[str, ...] = ("https",),
+    allowed_ports: Collection[int] = DEFAULT_ALLOWED_PORTS,
     method: str = "GET",
     content: bytes | None = None,
     headers: Mapping[str, str] | None = None,
@@ -175,6 +197,7 @@ def fetch(
             max_bytes=max_bytes,
             timeout_s=timeout_s,
             allowed_schemes=allowed_schemes,
+            allowed_ports=allowed_ports,
             method=method,
             content=content,
             headers=headers,
@@ -190,6 +213,7 @@ async def fetch_async(
     max_bytes: int,
     timeout_s: float,
     allowed_schemes: tuple[str, ...] = ("https",),
+    allowed_ports: Collection[int] = DEFAULT_ALLOWED_PORTS,
     method: str = "GET",
     content: bytes | None = None,
     headers: Mapping[str, str] | None = None,
@@ -214,6 +238,7 @@ async def fetch_async(
                 max_bytes=max_bytes,
                 timeout_s=timeout_s,
                 allowed_schemes=allowed_schemes,
+                allowed_ports=allowed_ports,
                 method=method.upper(),
                 content=content,
                 headers=dict(headers or {}),
@@ -230,13 +255,16 @@ async def _exchange(
     max_bytes: int,
     timeout_s: float,
     allowed_schemes: tuple[str, ...],
+    allowed_ports: Collection[int],
     method: str,
     content: bytes | None,
     headers: dict[str, str],
     max_redirects: int,
 ) -> FetchResult:
     loop = asyncio.get_running_loop()
-    check = partial(check_url, allow_private=allow_private, allowed_schemes=allowed_schemes)
+    check = partial(
+        check_url, allow_private=allow_private, allowed_schemes=allowed_schemes, allowed_ports=allowed_ports
+    )
     # trust_env=False: a proxy from the environment would connect to the host name, undoing the pin.
     async with httpx.AsyncClient(follow_redirects=False, trust_env=False, timeout=timeout_s) as client:
         current, previous = url, None

@@ -6,6 +6,8 @@ from pathlib import Path
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from core.address_guard import DEFAULT_ALLOWED_PORTS
+
 
 class Settings(BaseSettings):
     """Everything a process of imagen-queue may be configured with."""
@@ -43,6 +45,9 @@ class Settings(BaseSettings):
     # these are set (local development and tests only): webhook deliveries, and image inputs by URL.
     webhook_allow_private: bool = False
     image_url_allow_private: bool = False
+    # The ports those requests may reach on a public host (the allow_private settings lift this too).
+    webhook_allowed_ports: list[int] = Field(default_factory=lambda: sorted(DEFAULT_ALLOWED_PORTS))
+    image_url_allowed_ports: list[int] = Field(default_factory=lambda: sorted(DEFAULT_ALLOWED_PORTS))
     # Seconds between delivery attempts (each +-20% jitter); after the last one an event ends failed.
     webhook_retry_schedule_s: list[float] = Field(default=[5, 30, 120, 600, 1800, 3600, 10800])
     webhook_timeout_s: float = 10.0

@@ -127,6 +127,7 @@ def post_event(event: LeasedEvent, settings: Settings) -> AttemptResult:
         result = fetch(
             event.url,
             allow_private=settings.webhook_allow_private,
+            allowed_ports=settings.webhook_allowed_ports,
             max_bytes=MAX_RESPONSE_BYTES,
             timeout_s=settings.webhook_timeout_s,
             method="POST",

@@ -245,10 +245,17 @@ def test_a_url_on_loopback_is_refused(store: LocalObjectStore, image_server: str
     port = image_server.rpartition(":")[2]
     for url in (f"https://127.0.0.1:{port}/image.png", f"https://localhost:{port}/image.png"):
         with pytest.raises(InvalidInput, match="addresses are refused") as caught:
-            _resolve(ImageInput(url=url), store, allow_private=False)
+            _resolve(ImageInput(url=url), store, allow_private=False, allowed_ports={int(port)})
         assert caught.value.field == "input.image.url"
     with pytest.raises(InvalidInput, match="only https URLs are allowed"):
         _resolve(ImageInput(url=f"{image_server}/image.png"), store, allow_private=False)
+
+
+def test_a_url_on_a_port_no_web_server_uses_is_refused(store: LocalObjectStore) -> None:
+    # Refused before the host is resolved: nothing leaves this machine.
+    with pytest.raises(InvalidInput, match="has port 6379; only ports 80, 443, 8080, 8443 are allowed") as caught:
+        _resolve(ImageInput(url="https://images.example.com:6379/image.png"), store, allow_private=False)
+    assert caught.value.field == "input.image.url"
 
 
 def test_the_metadata_address_is_refused(store: LocalObjectStore) -> None:

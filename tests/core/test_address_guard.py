@@ -19,6 +19,7 @@ from core.address_guard import (
     FetchFailed,
     FetchTimeout,
     InvalidUrl,
+    RefusedPort,
     TooLarge,
     UnresolvableHost,
     check_url,
@@ -129,8 +130,33 @@ def test_an_unresolvable_host_is_an_error(monkeypatch: pytest.MonkeyPatch) -> No
         check_url("https://nowhere.test/", allow_private=False)
 
 
+@pytest.mark.parametrize("port", [22, 25, 5432, 6379, 11211, 65535])
+def test_a_public_host_is_refused_on_a_port_no_web_server_uses(monkeypatch: pytest.MonkeyPatch, port: int) -> None:
+    calls = _resolve_as(monkeypatch, {"hooks.test": ["93.184.216.34"]})
+    with pytest.raises(RefusedPort, match=rf"has port {port}; only ports 80, 443, 8080, 8443 are allowed"):
+        check_url(f"https://hooks.test:{port}/hook", allow_private=False)
+    assert calls == []  # refused before any DNS query
+
+
+@pytest.mark.parametrize("url", ["https://hooks.test/", "https://hooks.test:8443/", "https://hooks.test:8080/x"])
+def test_a_public_host_passes_on_web_ports(monkeypatch: pytest.MonkeyPatch, url: str) -> None:
+    _resolve_as(monkeypatch, {"hooks.test": ["93.184.216.34"]})
+    assert check_url(url, allow_private=False).ip == "93.184.216.34"
+
+
+def test_the_allowed_ports_are_configurable(monkeypatch: pytest.MonkeyPatch) -> None:
+    _resolve_as(monkeypatch, {"hooks.test": ["93.184.216.34"]})
+    assert check_url("https://hooks.test:9443/", allow_private=False, allowed_ports={9443}).port == 9443
+    with pytest.raises(RefusedPort, match="only ports 9443 are allowed"):
+        check_url("https://hooks.test/", allow_private=False, allowed_ports={9443})
+
+
+def test_allow_private_lifts_the_port_check() -> None:
+    assert check_url("http://127.0.0.1:6379/", allow_private=True, allowed_ports={443}).port == 6379
+
+
 def test_every_error_is_a_fetch_error_and_a_value_error() -> None:
-    for cls in (InvalidUrl, BlockedAddress, UnresolvableHost, FetchTimeout, TooLarge, FetchFailed):
+    for cls in (InvalidUrl, RefusedPort, BlockedAddress, UnresolvableHost, FetchTimeout, TooLarge, FetchFailed):
         assert issubclass(cls, FetchError)
         assert issubclass(cls, ValueError)
 
@@ -351,8 +377,23 @@ def test_a_redirect_to_a_private_address_is_refused_before_connecting(
             server.url(f"/redirect?to={location.format(port=server.port)}"),
             allow_private=False,
             allowed_schemes=("http",),
+            allowed_ports={server.port, 80},
         )
     assert time.monotonic() - started < 1.0  # no connection attempt to 169.254.169.254 timed out
+    assert server.seen[-1]["path"].startswith("/redirect")
+
+
+def test_a_redirect_to_a_refused_port_is_refused_before_connecting(
+    server: LocalServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(address_guard, "_blocked_reason", lambda a: None)  # 127.0.0.1 stands for a public host
+    with pytest.raises(RefusedPort, match=r"which is refused: .* has port 6379; only ports"):
+        _fetch(
+            server.url("/redirect?to=http://127.0.0.1:6379/"),
+            allow_private=False,
+            allowed_schemes=("http",),
+            allowed_ports={server.port},
+        )
     assert server.seen[-1]["path"].startswith("/redirect")
 
 
