@@ -62,7 +62,6 @@ class LeasedEvent:
     """What one attempt needs of a leased event, read in the leasing transaction."""
 
     id: uuid.UUID
-    type: str
     url: str
     payload: dict[str, Any]
     image_keys: list[Any]
@@ -192,7 +191,6 @@ def _lease(event_id: uuid.UUID, settings: Settings) -> LeasedEvent | None:
         assert event.lease_token is not None
         return LeasedEvent(
             id=event.id,
-            type=event.type,
             url=event.url,
             payload=event.payload,
             image_keys=event.image_keys,
