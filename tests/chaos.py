@@ -48,7 +48,13 @@ from tests.servers import ChildProcess, System, wait_until
 TERMINAL = ("succeeded", "failed", "canceled")
 BUCKET = "imagen-test"
 # The roles System itself starts and stops, and its attribute for each.
-_SYSTEM_ROLES = {"api": "api", "worker": "worker", "cpu-worker": "cpu_worker", "beat": "beat"}
+_SYSTEM_ROLES = {
+    "api": "api",
+    "worker": "worker",
+    "control-worker": "control_worker",
+    "webhook-worker": "webhook_worker",
+    "beat": "beat",
+}
 _DONE_LINE = re.compile(r"job ([0-9a-f-]{36}): (\w+) done in")
 
 
@@ -384,9 +390,14 @@ class ChaosRun:
         self._versioned_bucket()
         self._build_models()
         system.start_processes()
-        assert system.api and system.worker and system.cpu_worker and system.beat
-        self.processes = {"api": system.api, "worker": system.worker, "cpu-worker": system.cpu_worker}
-        self.processes["beat"] = system.beat
+        assert system.api and system.worker and system.control_worker and system.webhook_worker and system.beat
+        self.processes = {
+            "api": system.api,
+            "worker": system.worker,
+            "control-worker": system.control_worker,
+            "webhook-worker": system.webhook_worker,
+            "beat": system.beat,
+        }
         for i in range(1, self.config.model_workers):
             self.processes[f"worker-{chr(ord('a') + i)}"] = system.new_worker(f"worker-{chr(ord('a') + i)}")
         self.processes["api-2"] = system.new_api("api-2", self.second_api_port)

@@ -4,8 +4,8 @@ Caption and index jobs record their input image's key in ``input -> 'image' ->> 
 no job refers to is deleted once it is old enough. Built CONCURRENTLY, as 0004's index, so that it does
 not block submissions while it scans the jobs table.
 
-Revision ID: 0005
-Revises: 0004
+Revision ID: 0006
+Revises: 0005
 Create Date: 2026-12-03 13:20:00.000000
 """
 
@@ -14,8 +14,8 @@ from collections.abc import Sequence
 import sqlalchemy as sa
 from alembic import op
 
-revision: str = "0005"
-down_revision: str | None = "0004"
+revision: str = "0006"
+down_revision: str | None = "0005"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 
