@@ -7,6 +7,7 @@ from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from core.address_guard import DEFAULT_ALLOWED_PORTS
+from core.limits import DEFAULT_MAX_BATCH, MAX_BATCH
 
 
 class Settings(BaseSettings):
@@ -37,6 +38,11 @@ class Settings(BaseSettings):
     # The committed weights the toy preset is assembled from (default: models/toy/ of the checkout).
     toy_weights_dir: Path | None = None
     torch_threads: int | None = None
+    # Images in one denoising forward pass: a stage splits a job's num_images into runs of at most this
+    # many (each image still from its own seed), and a pass shared by several jobs will fill up to it too.
+    # 1 runs every image alone, byte for byte as a one-image job would; more is faster but can move a
+    # pixel by a level or so (README, "Batched denoising").
+    max_batch: int = Field(default=DEFAULT_MAX_BATCH, ge=1, le=MAX_BATCH)
 
     admin_api_key: str | None = None
     # Dashboard sign-in attempts per client address and minute (<= 0: unlimited).

@@ -15,8 +15,10 @@ MAX_NOISE_LEVEL = 1000
 # Captioning: tokens per caption, and beams of the search.
 MAX_NEW_TOKENS = 100
 MAX_BEAMS = 8
-# Images or texts in one forward pass of the captioner or the embedder.
+# Images or texts in one forward pass of any model: the captioner, the embedder, a denoising stage.
 MAX_BATCH = 64
+# Images one denoising forward pass takes unless IMAGEN_MAX_BATCH says otherwise.
+DEFAULT_MAX_BATCH = 8
 MAX_METADATA_BYTES = 16_384
 # Quotas are Postgres integers (a value <= 0 means unlimited).
 MAX_QUOTA = 2**31 - 1
