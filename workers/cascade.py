@@ -1,8 +1,12 @@
 """The cascade's stages as plain functions: prompt in, images out; no Celery, database or storage.
 
-Image `i` of a request runs through each stage on its own, from a CPU generator seeded with
-`seed + i`: it depends on that seed only, not on how many images were requested, and its bytes are
-the same in any process with the same weights, device, dtype and thread count.
+Image `i` of a request follows its own CPU generator, seeded with `seed + i`, through each stage.
+A stage denoises the request's images together, in forward passes of at most `max_batch` images
+(one generator per image): the noise an image gets depends on its seed only, and its bytes are the
+same in any process with the same weights, device, dtype, thread count and batches. The batch an
+image shares changes the arithmetic a little (batched kernels sum in another order), so its pixels
+can move slightly with `max_batch` or `num_images`; with `max_batch=1` every image runs alone and
+depends on its seed only, byte for byte.
 """
 
 from __future__ import annotations
@@ -23,7 +27,16 @@ from diffusers.pipelines.stable_diffusion.pipeline_stable_diffusion_upscale impo
 from safetensors.torch import load as load_safetensors
 from safetensors.torch import save as save_safetensors
 
-from core.limits import MAX_IMAGES_PER_JOB, MAX_SEED, MAX_STEPS, check_guidance, check_int, check_text
+from core.limits import (
+    DEFAULT_MAX_BATCH,
+    MAX_BATCH,
+    MAX_IMAGES_PER_JOB,
+    MAX_SEED,
+    MAX_STEPS,
+    check_guidance,
+    check_int,
+    check_text,
+)
 from core.presets import StageKind, StageParams, StageSpec
 from workers.pipelines import Cascade
 
@@ -91,6 +104,7 @@ def run_base(
     seed: int,
     steps: int,
     guidance_scale: float,
+    max_batch: int = DEFAULT_MAX_BATCH,
     on_progress: ProgressFn | None = None,
 ) -> list[PIL.Image.Image]:
     """Stage I: `num_images` images of the base resolution from the prompt's embeddings."""
@@ -102,31 +116,32 @@ def run_base(
     check_int("seed", seed, 0, MAX_SEED)
     check_int("steps", steps, 1, MAX_STEPS)
     check_guidance(guidance_scale)
+    check_int("max_batch", max_batch, 1, MAX_BATCH)
     _check_embeds(embeds, pipeline.unet.config["encoder_hid_dim"])
 
     # 2. Put the embeddings where the model is
     prompt_embeds, negative_embeds = _embeds_on(cascade, embeds)
 
-    # 3. Denoise each image from its own seed
+    # 3. Denoise the images a batch at a time, each from its own seed
     images: list[PIL.Image.Image] = []
     with cascade.run_lock:
-        for index in range(num_images):
+        for batch in _batches(num_images, max_batch):
             output = pipeline(
-                prompt_embeds=prompt_embeds,
-                negative_prompt_embeds=negative_embeds,
+                prompt_embeds=_per_image(prompt_embeds, len(batch)),
+                negative_prompt_embeds=_per_image(negative_embeds, len(batch)),
                 num_inference_steps=steps,
                 guidance_scale=guidance_scale,
                 height=spec.resolution,
                 width=spec.resolution,
-                generator=_generator(seed + index),
+                generator=_generators(seed, batch),
                 # Intermediates stay tensors, as in diffusers' IF recipe: the watermark and the
                 # safety check belong to the final image.
                 output_type="pt",
-                callback=_step_callback(on_progress, index, num_images, steps),
+                callback=_step_callback(on_progress, batch, num_images, steps),
                 callback_steps=1,
                 clean_caption=False,
             )
-            images.append(_tensor_to_image(output.images[0]))
+            images.extend(_tensor_to_image(image) for image in output.images)
     return images
 
 
@@ -140,6 +155,7 @@ def run_if_sr(
     steps: int,
     guidance_scale: float,
     noise_level: int,
+    max_batch: int = DEFAULT_MAX_BATCH,
     on_progress: ProgressFn | None = None,
 ) -> list[PIL.Image.Image]:
     """An IF-II stage: upscale the previous stage's images, conditioned on the prompt's embeddings."""
@@ -147,32 +163,32 @@ def run_if_sr(
     pipeline = cascade.pipeline(spec.name, IFSuperResolutionPipeline)
 
     # 1. Check inputs
-    _check_sr_inputs(cascade, spec, images, seed, steps, guidance_scale, noise_level)
+    _check_sr_inputs(cascade, spec, images, seed, steps, guidance_scale, noise_level, max_batch)
     _check_embeds(embeds, pipeline.unet.config["encoder_hid_dim"])
 
     # 2. Put the embeddings where the model is
     prompt_embeds, negative_embeds = _embeds_on(cascade, embeds)
 
-    # 3. Denoise each image from its own seed
+    # 3. Denoise the images a batch at a time, each from its own seed
     upscaled: list[PIL.Image.Image] = []
     with cascade.run_lock:
-        for index, image in enumerate(images):
+        for batch in _batches(len(images), max_batch):
             output = pipeline(
-                image=image.convert("RGB"),
-                prompt_embeds=prompt_embeds,
-                negative_prompt_embeds=negative_embeds,
+                image=[images[index].convert("RGB") for index in batch],
+                prompt_embeds=_per_image(prompt_embeds, len(batch)),
+                negative_prompt_embeds=_per_image(negative_embeds, len(batch)),
                 num_inference_steps=steps,
                 guidance_scale=guidance_scale,
                 noise_level=noise_level,
                 height=spec.resolution,
                 width=spec.resolution,
-                generator=_generator(seed + index),
+                generator=_generators(seed, batch),
                 output_type="pt",
-                callback=_step_callback(on_progress, index, len(images), steps),
+                callback=_step_callback(on_progress, batch, len(images), steps),
                 callback_steps=1,
                 clean_caption=False,
             )
-            upscaled.append(_tensor_to_image(output.images[0]))
+            upscaled.extend(_tensor_to_image(image) for image in output.images)
     return upscaled
 
 
@@ -187,6 +203,7 @@ def run_sd_upscale(
     steps: int,
     guidance_scale: float,
     noise_level: int,
+    max_batch: int = DEFAULT_MAX_BATCH,
     on_progress: ProgressFn | None = None,
 ) -> list[PIL.Image.Image]:
     """An x4-upscaler stage: upscale the previous stage's images x4; the upscaler encodes the prompt itself."""
@@ -194,29 +211,37 @@ def run_sd_upscale(
     pipeline = cascade.pipeline(spec.name, StableDiffusionUpscalePipeline)
 
     # 1. Check inputs
-    _check_sr_inputs(cascade, spec, images, seed, steps, guidance_scale, noise_level)
+    _check_sr_inputs(cascade, spec, images, seed, steps, guidance_scale, noise_level, max_batch)
     check_text("prompt", prompt)
     if negative_prompt is not None:
         check_text("negative_prompt", negative_prompt, allow_empty=True)
 
-    # 2. Denoise each image from its own seed
+    # 2. Denoise the images a batch at a time, each from its own seed
     upscaled: list[PIL.Image.Image] = []
-    with cascade.run_lock:
-        for index, image in enumerate(images):
+    with cascade.run_lock, torch.no_grad():
+        # Encoded once, as the pipeline itself would for one image, and repeated for each image of a batch.
+        prompt_embeds, negative_embeds = pipeline.encode_prompt(
+            prompt,
+            torch.device(cascade.device),
+            num_images_per_prompt=1,
+            do_classifier_free_guidance=guidance_scale > 1.0,
+            negative_prompt=negative_prompt,
+        )
+        for batch in _batches(len(images), max_batch):
             output = pipeline(
-                prompt=prompt,
-                negative_prompt=negative_prompt,
-                image=image.convert("RGB"),
+                prompt_embeds=_per_image(prompt_embeds, len(batch)),
+                negative_prompt_embeds=None if negative_embeds is None else _per_image(negative_embeds, len(batch)),
+                image=[images[index].convert("RGB") for index in batch],
                 num_inference_steps=steps,
                 guidance_scale=guidance_scale,
                 noise_level=noise_level,
-                generator=_generator(seed + index),
+                generator=_generators(seed, batch),
                 output_type="pil",
-                callback=_step_callback(on_progress, index, len(images), steps),
+                callback=_step_callback(on_progress, batch, len(images), steps),
                 callback_steps=1,
                 return_dict=False,
             )
-            upscaled.append(output[0][0])
+            upscaled.extend(output[0])
     return upscaled
 
 
@@ -232,6 +257,7 @@ def run_sr(
     steps: int,
     guidance_scale: float,
     noise_level: int,
+    max_batch: int = DEFAULT_MAX_BATCH,
     on_progress: ProgressFn | None = None,
 ) -> list[PIL.Image.Image]:
     """Run the super-resolution stage called `stage_name`, giving it the conditioning its kind takes."""
@@ -246,6 +272,7 @@ def run_sr(
             steps=steps,
             guidance_scale=guidance_scale,
             noise_level=noise_level,
+            max_batch=max_batch,
             on_progress=on_progress,
         )
     return run_sd_upscale(
@@ -258,6 +285,7 @@ def run_sr(
         steps=steps,
         guidance_scale=guidance_scale,
         noise_level=noise_level,
+        max_batch=max_batch,
         on_progress=on_progress,
     )
 
@@ -271,6 +299,7 @@ def run_direct(
     seed: int,
     resolution: int,
     params: Mapping[str, StageParams] | None = None,
+    max_batch: int = DEFAULT_MAX_BATCH,
 ) -> dict[str, list[PIL.Image.Image]]:
     """The whole cascade in this process, each stage's images by stage name.
 
@@ -297,6 +326,7 @@ def run_direct(
                 seed=seed,
                 steps=stage_params.steps,
                 guidance_scale=stage_params.guidance_scale,
+                max_batch=max_batch,
             )
         else:
             assert stage_params.noise_level is not None  # filled in by resolve_params
@@ -311,6 +341,7 @@ def run_direct(
                 steps=stage_params.steps,
                 guidance_scale=stage_params.guidance_scale,
                 noise_level=stage_params.noise_level,
+                max_batch=max_batch,
             )
         images = [png_to_image(image_to_png(image)) for image in images]
         outputs[spec.name] = images
@@ -365,6 +396,7 @@ def _check_sr_inputs(
     steps: int,
     guidance_scale: float,
     noise_level: int,
+    max_batch: int,
 ) -> None:
     stages = cascade.preset.stages
     source_resolution = stages[stages.index(spec) - 1].resolution
@@ -384,6 +416,7 @@ def _check_sr_inputs(
     check_int("steps", steps, 1, MAX_STEPS)
     check_guidance(guidance_scale)
     check_int("noise_level", noise_level, 0, spec.max_noise_level or 0)
+    check_int("max_batch", max_batch, 1, MAX_BATCH)
 
 
 def _embeds_on(cascade: Cascade, embeds: PromptEmbeds) -> tuple[torch.Tensor, torch.Tensor]:
@@ -393,20 +426,32 @@ def _embeds_on(cascade: Cascade, embeds: PromptEmbeds) -> tuple[torch.Tensor, to
     )
 
 
-def _generator(seed: int) -> torch.Generator:
-    # A CPU generator draws the same noise whatever device the model runs on.
-    return torch.Generator(device="cpu").manual_seed(seed)
+def _batches(count: int, max_batch: int) -> list[range]:
+    """The indexes of `count` images, in runs of at most `max_batch`."""
+    return [range(start, min(start + max_batch, count)) for start in range(0, count, max_batch)]
+
+
+def _per_image(embeds: torch.Tensor, count: int) -> torch.Tensor:
+    """One prompt's embeddings, once for each of `count` images (the pipeline doubles them for guidance)."""
+    return embeds.repeat(count, 1, 1)
+
+
+def _generators(seed: int, batch: range) -> list[torch.Generator]:
+    # One CPU generator per image: diffusers draws image i's noise from generator i alone, in the same
+    # order as a one-image call would, and a CPU generator draws the same noise on any device.
+    return [torch.Generator(device="cpu").manual_seed(seed + index) for index in batch]
 
 
 def _step_callback(
-    on_progress: ProgressFn | None, index: int, count: int, steps: int
+    on_progress: ProgressFn | None, batch: range, count: int, steps: int
 ) -> Callable[[int, int, torch.Tensor], None] | None:
     if on_progress is None:
         return None
     total = count * steps
 
     def report(step: int, timestep: int, latents: torch.Tensor) -> None:
-        on_progress((index * steps + step + 1) / total)
+        # A step advances every image of the batch; batches before this one are done.
+        on_progress((batch.start * steps + (step + 1) * len(batch)) / total)
 
     return report
 

@@ -78,6 +78,7 @@ def base(run: StageRun) -> None:
         seed=spec.seed,
         steps=params.steps,
         guidance_scale=params.guidance_scale,
+        max_batch=get_settings().max_batch,
         on_progress=progress_reporter(run),
     )
     _store_pngs(run, images, spec)
@@ -108,6 +109,7 @@ def super_resolve(run: StageRun) -> None:
         steps=params.steps,
         guidance_scale=params.guidance_scale,
         noise_level=params.noise_level,
+        max_batch=get_settings().max_batch,
         on_progress=progress_reporter(run),
     )
     _store_pngs(run, images, spec)
