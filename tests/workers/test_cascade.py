@@ -1,4 +1,4 @@
-"""The cascade's stages on the tiny preset: sizes, seeds, progress, cancellation and bad input."""
+"""The cascade's stages on the tiny preset: sizes, seeds, batches, progress, cancellation and bad input."""
 
 from __future__ import annotations
 
@@ -13,15 +13,21 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import PIL.Image
 import pytest
 import torch
+from diffusers.pipelines.deepfloyd_if.pipeline_if_superresolution import IFSuperResolutionPipeline
+from diffusers.pipelines.stable_diffusion.pipeline_stable_diffusion_upscale import (
+    StableDiffusionUpscalePipeline,
+)
 
 from core.presets import PRESETS, StageParams, get_preset
 from workers import cascade as stages
 from workers.atomic_build import BUILD_MARKER
 from workers.cascade import PromptEmbeds
 from workers.pipelines import Cascade, ModelsNotFoundError, get_cascade, load_cascade
+from workers.preset_files import build_preset
 from workers.tiny_models import TINY_DIR, build_tiny
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -115,35 +121,132 @@ def test_another_seed_gives_another_image(cascade: Cascade, embeds: PromptEmbeds
     assert stages.image_to_png(first[0]) != stages.image_to_png(other[0])
 
 
-def test_each_image_depends_only_on_its_own_seed(cascade: Cascade, embeds: PromptEmbeds) -> None:
-    pair = stages.run_base(cascade, embeds, num_images=2, seed=SEED, steps=3, guidance_scale=7.0)
+def test_unbatched_each_image_depends_only_on_its_own_seed(cascade: Cascade, embeds: PromptEmbeds) -> None:
+    pair = stages.run_base(cascade, embeds, num_images=2, seed=SEED, steps=3, guidance_scale=7.0, max_batch=1)
     second = stages.run_base(cascade, embeds, num_images=1, seed=SEED + 1, steps=3, guidance_scale=7.0)
     pngs = [stages.image_to_png(image) for image in pair]
     assert pngs[0] != pngs[1]
     assert pngs[1] == stages.image_to_png(second[0])
 
 
+def test_same_seed_and_batches_give_identical_pngs(cascade: Cascade, embeds: PromptEmbeds) -> None:
+    first = stages.run_base(cascade, embeds, num_images=3, seed=SEED, steps=3, guidance_scale=7.0, max_batch=2)
+    again = stages.run_base(cascade, embeds, num_images=3, seed=SEED, steps=3, guidance_scale=7.0, max_batch=2)
+    assert [stages.image_to_png(image) for image in first] == [stages.image_to_png(image) for image in again]
+
+
+def _one_image_call(stage: str, cascade: Cascade, embeds: PromptEmbeds, image: PIL.Image.Image, seed: int) -> bytes:
+    """Image `seed` of a stage as the stages made it before batching: one pipeline call per image."""
+    generator = torch.Generator(device="cpu").manual_seed(seed)
+    if stage == "sr_1024":
+        upscaled = cascade.pipeline(stage, StableDiffusionUpscalePipeline)(
+            prompt=PROMPT,
+            negative_prompt=NEGATIVE,
+            image=image,
+            num_inference_steps=2,
+            guidance_scale=4.0,
+            noise_level=100,
+            generator=generator,
+            output_type="pil",
+        ).images[0]
+        return stages.image_to_png(upscaled)
+    common: dict[str, Any] = {
+        "prompt_embeds": embeds.prompt_embeds,
+        "negative_prompt_embeds": embeds.negative_embeds,
+        "num_inference_steps": 2,
+        "generator": generator,
+        "output_type": "pt",
+    }
+    if stage == "base_64":
+        output = cascade.base(**common, guidance_scale=7.0, height=64, width=64)
+    else:
+        pipeline = cascade.pipeline(stage, IFSuperResolutionPipeline)
+        output = pipeline(**common, image=image, guidance_scale=4.0, noise_level=100, height=256, width=256)
+    return stages.image_to_png(stages._tensor_to_image(output.images[0]))
+
+
+@pytest.mark.parametrize("stage", ["base_64", "sr_256", "sr_1024"])
+def test_batches_of_one_give_the_bytes_of_one_call_per_image(
+    stage: str, cascade: Cascade, embeds: PromptEmbeds
+) -> None:
+    inputs = _inputs(stage, 2)
+    images = _run_stage(stage, cascade, embeds, None, images=inputs, steps=2, max_batch=1)
+    expected = [_one_image_call(stage, cascade, embeds, inputs[i], SEED + i) for i in range(2)]
+    assert [stages.image_to_png(image) for image in images] == expected
+
+
+# The most an image's pixel (0-255) moves between a run alone and a run in a batch of up to 8: measured 1
+# on tiny and toy (bench/cascade.py --batching prints it too); the bound leaves margin for other CPUs.
+BATCH_DRIFT_BOUND = 4
+
+
+def _max_pixel_difference(first: PIL.Image.Image, second: PIL.Image.Image) -> int:
+    return int(np.abs(np.asarray(first, dtype=np.int16) - np.asarray(second, dtype=np.int16)).max())
+
+
+@pytest.mark.parametrize("stage", ["base_64", "sr_256", "sr_1024"])
+def test_a_batched_image_stays_within_a_few_levels_of_its_unbatched_self(
+    stage: str, cascade: Cascade, embeds: PromptEmbeds
+) -> None:
+    inputs = _inputs(stage, 3)
+    alone = _run_stage(stage, cascade, embeds, None, images=inputs, steps=2, max_batch=1)
+    batched = _run_stage(stage, cascade, embeds, None, images=inputs, steps=2, max_batch=3)
+    differences = [_max_pixel_difference(a, b) for a, b in zip(alone, batched, strict=True)]
+    assert max(differences) <= BATCH_DRIFT_BOUND, differences
+    # Each image still follows its own seed: the batch does not blend them.
+    assert len({stages.image_to_png(image) for image in batched}) == 3
+
+
+# The toy preset's scheduler (DPM-Solver) hands numpy a torch tensor in a way numpy 2 deprecates.
+@pytest.mark.filterwarnings("ignore:__array__ implementation doesn't accept a copy keyword:DeprecationWarning")
+def test_a_batched_toy_image_stays_within_a_few_levels_of_its_unbatched_self(tmp_path: Path) -> None:
+    preset = get_preset("toy")
+    build_preset(preset, tmp_path)
+    toy = load_cascade(preset, tmp_path)
+    toy_embeds = stages.encode_prompt(toy, "a red circle on the left")
+    base = {"num_images": 3, "seed": SEED, "steps": 4, "guidance_scale": 4.0}
+    alone = stages.run_base(toy, toy_embeds, **base, max_batch=1)
+    batched = stages.run_base(toy, toy_embeds, **base, max_batch=3)
+    # Stage II from the same inputs either way, so its own drift is measured, not stage I's carried over.
+    sr = {"seed": SEED, "steps": 3, "guidance_scale": 1.0, "noise_level": 100}
+    alone_sr = stages.run_if_sr(toy, "sr_128", alone, toy_embeds, **sr, max_batch=1)
+    batched_sr = stages.run_if_sr(toy, "sr_128", alone, toy_embeds, **sr, max_batch=3)
+    pairs = [*zip(alone, batched, strict=True), *zip(alone_sr, batched_sr, strict=True)]
+    differences = [_max_pixel_difference(a, b) for a, b in pairs]
+    assert max(differences) <= BATCH_DRIFT_BOUND, differences
+
+
+def _inputs(stage: str, count: int) -> list[PIL.Image.Image]:
+    """`count` distinct images for a stage to start from (none for the base stage, which starts from noise)."""
+    if stage == "base_64":
+        return [PIL.Image.new("RGB", (64, 64))] * count  # unused: only their number counts
+    source = 64 if stage == "sr_256" else 256
+    return [PIL.Image.new("RGB", (source, source), (200, 120 - 40 * i, 40 + 40 * i)) for i in range(count)]
+
+
 def _run_stage(
     stage: str,
     cascade: Cascade,
     embeds: PromptEmbeds,
-    on_progress: Callable[[float], None],
+    on_progress: Callable[[float], None] | None,
     *,
     num_images: int = 2,
     steps: int = 3,
+    max_batch: int = 8,
+    images: list[PIL.Image.Image] | None = None,
 ) -> list[PIL.Image.Image]:
+    images = images if images is not None else _inputs(stage, num_images)
     if stage == "base_64":
         return stages.run_base(
             cascade,
             embeds,
-            num_images=num_images,
+            num_images=len(images),
             seed=SEED,
             steps=steps,
             guidance_scale=7.0,
+            max_batch=max_batch,
             on_progress=on_progress,
         )
-    source = 64 if stage == "sr_256" else 256
-    images = [PIL.Image.new("RGB", (source, source), (200, 120, 40))] * num_images
     return stages.run_sr(
         cascade,
         stage,
@@ -155,6 +258,7 @@ def _run_stage(
         steps=steps,
         guidance_scale=4.0,
         noise_level=100,
+        max_batch=max_batch,
         on_progress=on_progress,
     )
 
@@ -162,9 +266,9 @@ def _run_stage(
 @pytest.mark.parametrize("stage", ["base_64", "sr_256", "sr_1024"])
 def test_progress_rises_after_every_step_to_one(stage: str, cascade: Cascade, embeds: PromptEmbeds) -> None:
     fractions: list[float] = []
-    images = _run_stage(stage, cascade, embeds, fractions.append, num_images=2, steps=3)
-    assert len(images) == 2
-    # Two images of three steps each, counted as one stage.
+    # Three images of three steps each, in batches of two and one: one report per step of each batch.
+    images = _run_stage(stage, cascade, embeds, fractions.append, num_images=3, steps=3, max_batch=2)
+    assert len(images) == 3
     assert len(fractions) == 6
     assert all(a < b for a, b in itertools.pairwise(fractions))
     assert fractions[0] > 0.0
@@ -239,6 +343,8 @@ _SR: dict[str, Any] = {"seed": 0, "steps": 2, "guidance_scale": 4.0, "noise_leve
         (lambda c, e: stages.run_base(c, e, **{**_BASE, "steps": 0}), "steps"),
         (lambda c, e: stages.run_base(c, e, **{**_BASE, "steps": 2.5}), "steps"),
         (lambda c, e: stages.run_base(c, e, **{**_BASE, "guidance_scale": -1.0}), "guidance_scale"),
+        (lambda c, e: stages.run_base(c, e, **_BASE, max_batch=0), "max_batch"),
+        (lambda c, e: stages.run_if_sr(c, "sr_256", _small(64), e, **_SR, max_batch=65), "max_batch"),
         (
             lambda c, e: stages.run_base(c, e, **{**_BASE, "guidance_scale": float("nan")}),
             "guidance_scale",
