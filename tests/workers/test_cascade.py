@@ -148,7 +148,8 @@ def _one_image_call(stage: str, cascade: Cascade, embeds: PromptEmbeds, image: P
             noise_level=100,
             generator=generator,
             output_type="pil",
-        ).images[0]
+            return_dict=False,
+        )[0][0]
         return stages.image_to_png(upscaled)
     common: dict[str, Any] = {
         "prompt_embeds": embeds.prompt_embeds,
@@ -204,11 +205,11 @@ def test_a_batched_toy_image_stays_within_a_few_levels_of_its_unbatched_self(tmp
     build_preset(preset, tmp_path)
     toy = load_cascade(preset, tmp_path)
     toy_embeds = stages.encode_prompt(toy, "a red circle on the left")
-    base = {"num_images": 3, "seed": SEED, "steps": 4, "guidance_scale": 4.0}
+    base: dict[str, Any] = {"num_images": 3, "seed": SEED, "steps": 4, "guidance_scale": 4.0}
     alone = stages.run_base(toy, toy_embeds, **base, max_batch=1)
     batched = stages.run_base(toy, toy_embeds, **base, max_batch=3)
     # Stage II from the same inputs either way, so its own drift is measured, not stage I's carried over.
-    sr = {"seed": SEED, "steps": 3, "guidance_scale": 1.0, "noise_level": 100}
+    sr: dict[str, Any] = {"seed": SEED, "steps": 3, "guidance_scale": 1.0, "noise_level": 100}
     alone_sr = stages.run_if_sr(toy, "sr_128", alone, toy_embeds, **sr, max_batch=1)
     batched_sr = stages.run_if_sr(toy, "sr_128", alone, toy_embeds, **sr, max_batch=3)
     pairs = [*zip(alone, batched, strict=True), *zip(alone_sr, batched_sr, strict=True)]
