@@ -7,9 +7,16 @@ the same cascade run directly, in this process, with the same parameters and thr
     python bench/cascade.py                       # starts `imagen-queue up` in a temporary data dir
     python bench/cascade.py --preset toy          # another local preset (each stage at its default steps)
     python bench/cascade.py --api-url URL --api-key KEY --jobs 20
+    python bench/cascade.py --batching            # base-stage images/s: one image per pass vs a batched pass
+
+`--batching` starts no service: for tiny and toy (or `--preset`) it runs the base stage in this process
+for 4 and 8 images, once with IMAGEN_MAX_BATCH=1 (one image per forward pass, as before batching) and
+once with all of them in one pass, and prints images/s of each, the gain, and how far the same seed's
+image moved between the two (max absolute pixel difference, 0-255).
 """
 
 import argparse
+import functools
 import os
 import statistics
 import subprocess
@@ -103,6 +110,63 @@ def _direct_runner(models_dir: Path, threads: int, preset: Preset) -> Callable[[
     return run
 
 
+def _timed_base(cascade: Any, embeds: Any, num_images: int, max_batch: int) -> tuple[float, list[Any]]:
+    """The base stage at its preset's defaults: its seconds and its images."""
+    from workers.cascade import run_base
+
+    spec = cascade.preset.base_stage
+    start = time.perf_counter()
+    images = run_base(
+        cascade,
+        embeds,
+        num_images=num_images,
+        seed=0,
+        steps=spec.default_steps,
+        guidance_scale=spec.default_guidance,
+        max_batch=max_batch,
+    )
+    return time.perf_counter() - start, images
+
+
+def _batching_report(preset_names: list[str], models_dir: Path, threads: int, repeats: int) -> None:
+    """Print the base stage's images/s at one image per pass vs one batched pass, and the pixel drift."""
+    import numpy as np
+    import torch
+
+    from workers.cascade import encode_prompt
+    from workers.pipelines import get_cascade
+    from workers.preset_files import build_preset
+
+    torch.set_num_threads(threads)
+    print(f"base stage, one forward pass per image (max_batch 1) vs one batched pass; torch threads {threads}")
+    print(f"{'preset':<8}{'images':>7}{'steps':>6}{'batch 1':>12}{'batched':>12}{'gain':>7}{'max px diff':>13}")
+    for name in preset_names:
+        preset = get_preset(name)
+        build_preset(preset, models_dir)
+        cascade = get_cascade(preset.name, models_dir)
+        spec = preset.base_stage
+        embeds = encode_prompt(cascade, PROMPT)
+        for num_images in (4, 8):
+            run = functools.partial(_timed_base, cascade, embeds, num_images)
+            run(num_images)  # warm-up: the first pass of a shape in a process is slow
+            # Alternating, best of `repeats`: the machine is shared and noisy.
+            single, batched = [], []
+            for _ in range(repeats):
+                seconds, alone = run(1)
+                single.append(seconds)
+                seconds, together = run(num_images)
+                batched.append(seconds)
+            drift = max(
+                int(np.abs(np.asarray(a, dtype=np.int16) - np.asarray(b, dtype=np.int16)).max())
+                for a, b in zip(alone, together, strict=True)
+            )
+            rate_single, rate_batched = num_images / min(single), num_images / min(batched)
+            print(
+                f"{preset.name:<8}{num_images:>7}{spec.default_steps:>6}{rate_single:>8.2f} i/s{rate_batched:>8.2f} i/s"
+                f"{rate_batched / rate_single:>6.2f}x{drift:>13}"
+            )
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--jobs", type=int, default=10, help="jobs run one at a time, for latency")
@@ -111,7 +175,14 @@ def main() -> None:
     parser.add_argument("--preset", default="tiny", help="the model preset (the embedded system runs it too)")
     parser.add_argument("--api-url", default=None)
     parser.add_argument("--api-key", default=None)
+    parser.add_argument("--batching", action="store_true", help="base-stage images/s, batch 1 vs batched, and drift")
+    parser.add_argument("--repeats", type=int, default=2, help="--batching: timed runs of each, best kept")
     args = parser.parse_args()
+
+    if args.batching:
+        presets = [args.preset] if "--preset" in sys.argv else ["tiny", "toy"]
+        _batching_report(presets, Path(tempfile.mkdtemp(prefix="imagen-bench-")), args.threads, args.repeats)
+        return
 
     preset = get_preset(args.preset)
     data_dir = Path(tempfile.mkdtemp(prefix="imagen-bench-"))
