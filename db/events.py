@@ -3,9 +3,9 @@
 A state change records its events on a ``JobEvents`` while its transaction is open; after the commit,
 ``publish`` appends them to the job's Redis stream (what ``GET /v1/jobs/{id}/events`` reads), counts
 them for the metrics, and hands each webhook delivery to ``deliver`` (the dispatcher's
-``enqueue_delivery``). If Redis is down at that
-moment nothing is lost: the outbox rows are in Postgres (the sweeper enqueues them), and the event
-stream falls back to the job's row.
+``enqueue_delivery``). If Redis is down at that moment nothing is lost: the outbox rows are in Postgres
+(the sweeper enqueues them), the event stream falls back to the job's row, and only the metrics miss
+the events.
 """
 
 import uuid

@@ -11,6 +11,7 @@ import redis.asyncio as aioredis
 from fastapi import APIRouter, Header
 from fastapi.responses import StreamingResponse
 from redis.exceptions import RedisError
+from sqlalchemy.exc import SQLAlchemyError
 from starlette.concurrency import run_in_threadpool
 
 from api.deps import CurrentJob, CurrentKey, SessionDep, SettingsDep
@@ -47,8 +48,11 @@ def _final_state(job_id: object) -> tuple[str, str] | None:
 
 
 def _key_is_live(key_id: uuid.UUID) -> bool:
-    with session_scope() as session:
-        return tenants.api_key_is_live(session, key_id=key_id)
+    try:
+        with session_scope() as session:
+            return tenants.api_key_is_live(session, key_id=key_id)
+    except SQLAlchemyError:
+        return True  # the database cannot tell now: the stream goes on and asks again at the next check
 
 
 async def _stream(job_id: object, last_event_id: str, *, key_id: uuid.UUID, slot: Slot) -> AsyncIterator[str]:
