@@ -84,20 +84,22 @@ def _job_id(job_id: str) -> uuid.UUID:
         raise NotFound(f"no job {job_id!r}", field="job_id") from None
 
 
-def _find_job(session: Session, job_id: str, caller: Caller, *, for_update: bool) -> Job:
-    job = job_queries.get_job(session, job_id=_job_id(job_id), tenant_id=caller.tenant_id, for_update=for_update)
+def _found(job: Job | None, job_id: str) -> Job:
     if job is None:
         raise NotFound(f"no job {job_id!r}", field="job_id")
     return job
+
+
+def _find_job(session: Session, job_id: str, caller: Caller, *, for_update: bool) -> Job:
+    job = job_queries.get_job(session, job_id=_job_id(job_id), tenant_id=caller.tenant_id, for_update=for_update)
+    return _found(job, job_id)
 
 
 def _job_snapshot(job_id: str, caller: Annotated[Caller, Depends(_rate_limited_caller)]) -> Job:
     """The caller's job and its stages, read in one query and a transaction of its own, detached from it."""
     with reading_scope() as session:
         job = job_queries.get_job_with_stages(session, job_id=_job_id(job_id), tenant_id=caller.tenant_id)
-    if job is None:
-        raise NotFound(f"no job {job_id!r}", field="job_id")
-    return job
+    return _found(job, job_id)
 
 
 def _job(

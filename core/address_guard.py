@@ -15,10 +15,12 @@ from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass
 from functools import partial
-from ipaddress import IPv4Address, IPv4Network, IPv6Address, IPv6Network, ip_address
+from ipaddress import ip_address
 from urllib.parse import urljoin, urlsplit
 
 import httpx
+
+from core.public_addresses import Address, blocked_reason
 
 MAX_URL_CHARS = 2048
 MAX_REDIRECTS = 3
@@ -35,15 +37,9 @@ _BLOCKED_NAMES = frozenset({"localhost", "metadata", "metadata.google.internal",
 _BLOCKED_SUFFIXES = (".localhost", ".internal")
 _HOST_NAME = re.compile(r"[a-z0-9_-]+(\.[a-z0-9_-]+)*\.?")
 
-_SHARED_ADDRESS_SPACE = IPv4Network("100.64.0.0/10")  # carrier-grade NAT, RFC 6598
-_NAT64 = IPv6Network("64:ff9b::/96")  # well-known prefix: the IPv4 address is the last 32 bits
-_METADATA_ADDRESS = IPv4Address("169.254.169.254")
-
 # Resolution runs here rather than in the event loop's default executor: asyncio.run() joins that
 # executor on exit, so a hung resolver would outlive the deadline.
 _RESOLVER = ThreadPoolExecutor(max_workers=8, thread_name_prefix="address-guard-dns")
-
-Address = IPv4Address | IPv6Address
 
 
 class FetchError(ValueError):
@@ -156,7 +152,7 @@ def check_url(
     addresses = _resolve(host, port)
     if not allow_private:
         for address in addresses:
-            reason = _blocked_reason(address)
+            reason = blocked_reason(address)
             if reason is not None:
                 _refuse_address(host, address, reason)
     return ResolvedTarget(
@@ -410,45 +406,6 @@ def _resolve(host: str, port: int) -> list[Address]:
 def _refuse_address(host: str, address: Address, reason: str) -> None:
     where = f"{address}" if host == str(address) else f"host {host!r} resolves to {address}, which"
     raise BlockedAddress(f"{where} is a {reason} address; {_REFUSED}", host=host, address=str(address))
-
-
-def _blocked_reason(address: Address) -> str | None:
-    """Why ``address`` must not be connected to, or None for a public address."""
-    if isinstance(address, IPv6Address):
-        embedded = _embedded_ipv4(address)
-        if embedded is not None:
-            reason = _blocked_reason(embedded)
-            return None if reason is None else f"{reason} (IPv4 {embedded} inside IPv6)"
-    if address.is_unspecified:
-        return "unspecified"
-    if address.is_loopback:
-        return "loopback"
-    if address.is_link_local:
-        return "link-local (cloud metadata)" if address == _METADATA_ADDRESS else "link-local"
-    if isinstance(address, IPv6Address) and address.is_site_local:
-        return "site-local"
-    if address.is_multicast:
-        return "multicast"
-    if address in _SHARED_ADDRESS_SPACE:
-        return "shared (carrier-grade NAT)"
-    if address.is_private:
-        return "private"
-    if address.is_reserved:
-        return "reserved"
-    if not address.is_global:
-        return "non-public (special-purpose)"
-    return None
-
-
-def _embedded_ipv4(address: IPv6Address) -> IPv4Address | None:
-    """The IPv4 address an IPv4-mapped, 6to4 or NAT64 address leads to."""
-    if address.ipv4_mapped is not None:
-        return address.ipv4_mapped
-    if address.sixtofour is not None:
-        return address.sixtofour
-    if address in _NAT64:
-        return IPv4Address(int(address) & 0xFFFFFFFF)
-    return None
 
 
 def _origin(url: str) -> tuple[str, str, int] | None:

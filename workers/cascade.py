@@ -11,9 +11,7 @@ depends on its seed only, byte for byte.
 
 from __future__ import annotations
 
-import io
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
 
 import numpy as np
 import PIL.Image
@@ -24,8 +22,6 @@ from diffusers.pipelines.deepfloyd_if.pipeline_if_superresolution import IFSuper
 from diffusers.pipelines.stable_diffusion.pipeline_stable_diffusion_upscale import (
     StableDiffusionUpscalePipeline,
 )
-from safetensors.torch import load as load_safetensors
-from safetensors.torch import save as save_safetensors
 
 from core.limits import (
     DEFAULT_MAX_BATCH,
@@ -39,20 +35,10 @@ from core.limits import (
 )
 from core.presets import StageKind, StageParams, StageSpec
 from workers.pipelines import Cascade
+from workers.stage_outputs import PromptEmbeds, embeds_from_bytes, embeds_to_bytes, image_to_png, png_to_image
 
 ProgressFn = Callable[[float], None]
 """Called with the fraction of the stage done (0..1] after each denoising step; may raise to stop."""
-
-_EMBEDS_KEY = "prompt_embeds"
-_NEGATIVE_KEY = "negative_embeds"
-
-
-@dataclass(frozen=True)
-class PromptEmbeds:
-    """A prompt's text-encoder states and those of its negative prompt, on the CPU."""
-
-    prompt_embeds: torch.Tensor
-    negative_embeds: torch.Tensor
 
 
 def encode_prompt(cascade: Cascade, prompt: str, negative_prompt: str | None = None) -> PromptEmbeds:
@@ -73,27 +59,6 @@ def encode_prompt(cascade: Cascade, prompt: str, negative_prompt: str | None = N
         clean_caption=False,
     )
     return PromptEmbeds(prompt_embeds.cpu(), negative_embeds.cpu())
-
-
-def embeds_to_bytes(embeds: PromptEmbeds) -> bytes:
-    """Serialize `embeds` as a safetensors file."""
-    tensors = {
-        _EMBEDS_KEY: embeds.prompt_embeds.detach().cpu().contiguous(),
-        _NEGATIVE_KEY: embeds.negative_embeds.detach().cpu().contiguous(),
-    }
-    return save_safetensors(tensors)
-
-
-def embeds_from_bytes(data: bytes) -> PromptEmbeds:
-    """Read embeddings written by `embeds_to_bytes`."""
-    try:
-        tensors = load_safetensors(data)
-    except Exception as exc:  # safetensors raises its own, unexported, error type
-        raise ValueError(f"embeddings are not a safetensors file: {exc}") from exc
-    missing = {_EMBEDS_KEY, _NEGATIVE_KEY} - tensors.keys()
-    if missing:
-        raise ValueError(f"embeddings file lacks {sorted(missing)}; it has {sorted(tensors)}")
-    return PromptEmbeds(tensors[_EMBEDS_KEY], tensors[_NEGATIVE_KEY])
 
 
 def run_base(
@@ -346,24 +311,6 @@ def run_direct(
         images = [png_to_image(image_to_png(image)) for image in images]
         outputs[spec.name] = images
     return outputs
-
-
-def image_to_png(image: PIL.Image.Image) -> bytes:
-    """Encode `image` as PNG bytes that depend on its pixels only (no metadata, fixed settings)."""
-    buffer = io.BytesIO()
-    image.convert("RGB").save(buffer, format="PNG", compress_level=6, optimize=False)
-    return buffer.getvalue()
-
-
-def png_to_image(data: bytes) -> PIL.Image.Image:
-    """Decode PNG bytes into an RGB image held in memory."""
-    try:
-        with PIL.Image.open(io.BytesIO(data)) as opened:
-            if opened.format != "PNG":
-                raise ValueError(f"image must be a PNG, got {opened.format}")
-            return opened.convert("RGB")
-    except PIL.UnidentifiedImageError as exc:
-        raise ValueError(f"image bytes are not a readable image: {exc}") from exc
 
 
 def _check_embeds(embeds: PromptEmbeds, width: int) -> None:

@@ -297,7 +297,7 @@ def _fail(job_id: uuid.UUID, stage_name: str, error: str, *, will_retry: bool) -
 
 def _time_out(job_id: uuid.UUID, stage_name: str, error: str) -> None:
     """Put a stage that ran past its time limit back to pending; its attempt stays counted."""
-    with job_transaction() as (session, _events):
+    with session_scope() as session:  # no event: the stage only goes back to pending
         job = job_queries.get_job(session, job_id=job_id, for_update=True)
         if job is not None and not JobStatus(job.status).is_terminal:
             job_queries.mark_stage_pending(job.stage(stage_name), error=error)

@@ -47,7 +47,7 @@ def load_embedder(preset: str, models_dir: Path) -> object:
 
 def encode_text(run: StageRun) -> None:
     """Encode the prompt (and the negative prompt) once; stages I and II read the embeddings back."""
-    from workers import cascade
+    from workers import cascade, stage_outputs
 
     spec = _generate_spec(run)
     key = embeddings_key(run.job_id)
@@ -56,7 +56,7 @@ def encode_text(run: StageRun) -> None:
         data = stored[0]
     else:
         pipes: Any = load_cascade(run.preset, get_settings().resolved_models_dir)
-        data = cascade.embeds_to_bytes(cascade.encode_prompt(pipes, spec.prompt, spec.negative_prompt))
+        data = stage_outputs.embeds_to_bytes(cascade.encode_prompt(pipes, spec.prompt, spec.negative_prompt))
         process_store().put(key, data, "application/octet-stream")
     report = progress_reporter(run)
     _record(run, 0, key, data, "application/octet-stream")
@@ -86,7 +86,7 @@ def base(run: StageRun) -> None:
 
 def super_resolve(run: StageRun) -> None:
     """A super-resolution stage: the previous stage's images upscaled, conditioned on the text."""
-    from workers import cascade
+    from workers import cascade, stage_outputs
 
     if _reuse_stored_images(run):
         return
@@ -96,7 +96,8 @@ def super_resolve(run: StageRun) -> None:
     assert params.noise_level is not None  # every super-resolution stage's is resolved at submission
     store = process_store()
     low_res = [
-        cascade.png_to_image(store.get(image_key(run.job_id, run.previous_stage, i))) for i in range(spec.num_images)
+        stage_outputs.png_to_image(store.get(image_key(run.job_id, run.previous_stage, i)))
+        for i in range(spec.num_images)
     ]
     images = cascade.run_sr(
         pipes,
@@ -211,7 +212,7 @@ def _cascade_inputs(run: StageRun, *, base: bool) -> tuple[GenerateSpec, StagePa
 
     The stage's task follows from its kind in the job's preset: a message for another kind is a mistake.
     """
-    from workers import cascade
+    from workers import stage_outputs
 
     spec = _generate_spec(run)
     stage = get_preset(run.preset).stage(run.stage)
@@ -219,13 +220,13 @@ def _cascade_inputs(run: StageRun, *, base: bool) -> tuple[GenerateSpec, StagePa
         task = "base" if base else "super-resolution"
         raise ValueError(f"stage {run.stage} of preset {run.preset!r} is of kind {stage.kind!r}, not a {task} stage")
     pipes = load_cascade(run.preset, get_settings().resolved_models_dir)
-    embeds = cascade.embeds_from_bytes(process_store().get(embeddings_key(run.job_id)))
+    embeds = stage_outputs.embeds_from_bytes(process_store().get(embeddings_key(run.job_id)))
     return spec, spec.stages[run.stage], pipes, embeds
 
 
 def _store_pngs(run: StageRun, images: list[Any], spec: GenerateSpec) -> None:
     """Store a cascade stage's images as PNGs, image ``i`` under its own key and with its own seed."""
-    from workers.cascade import image_to_png
+    from workers.stage_outputs import image_to_png
 
     for index, image in enumerate(images):
         png = image_to_png(image)

@@ -369,8 +369,8 @@ def test_a_redirect_to_a_private_address_is_refused_before_connecting(
     server: LocalServer, monkeypatch: pytest.MonkeyPatch, location: str
 ) -> None:
     # Stand-in for a public server: only the first hop's address, 127.0.0.1, counts as public.
-    real = address_guard._blocked_reason
-    monkeypatch.setattr(address_guard, "_blocked_reason", lambda a: None if a == IPv4Address("127.0.0.1") else real(a))
+    real = address_guard.blocked_reason
+    monkeypatch.setattr(address_guard, "blocked_reason", lambda a: None if a == IPv4Address("127.0.0.1") else real(a))
     started = time.monotonic()
     with pytest.raises(BlockedAddress, match=r"which is refused: .*addresses are refused"):
         _fetch(
@@ -386,7 +386,7 @@ def test_a_redirect_to_a_private_address_is_refused_before_connecting(
 def test_a_redirect_to_a_refused_port_is_refused_before_connecting(
     server: LocalServer, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(address_guard, "_blocked_reason", lambda a: None)  # 127.0.0.1 stands for a public host
+    monkeypatch.setattr(address_guard, "blocked_reason", lambda a: None)  # 127.0.0.1 stands for a public host
     with pytest.raises(RefusedPort, match=r"which is refused: .* has port 6379; only ports"):
         _fetch(
             server.url("/redirect?to=http://127.0.0.1:6379/"),

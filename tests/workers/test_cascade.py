@@ -24,10 +24,11 @@ from diffusers.pipelines.stable_diffusion.pipeline_stable_diffusion_upscale impo
 
 from core.presets import PRESETS, StageParams, get_preset
 from workers import cascade as stages
+from workers import stage_outputs
 from workers.atomic_build import BUILD_MARKER
-from workers.cascade import PromptEmbeds
 from workers.pipelines import Cascade, ModelsNotFoundError, get_cascade, load_cascade
 from workers.preset_files import build_preset
+from workers.stage_outputs import PromptEmbeds
 from workers.tiny_models import TINY_DIR, build_tiny
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -63,7 +64,7 @@ def full_run(cascade: Cascade) -> dict[str, list[PIL.Image.Image]]:
 
 def _digests(outputs: dict[str, list[PIL.Image.Image]]) -> dict[str, list[str]]:
     return {
-        name: [hashlib.sha256(stages.image_to_png(image)).hexdigest() for image in images]
+        name: [hashlib.sha256(stage_outputs.image_to_png(image)).hexdigest() for image in images]
         for name, images in outputs.items()
     }
 
@@ -92,13 +93,14 @@ from pathlib import Path
 import torch
 torch.set_num_threads({torch.get_num_threads()})
 from workers import cascade as stages
+from workers import stage_outputs
 from workers.pipelines import load_cascade
 from core.presets import StageParams, get_preset
 params = {{name: StageParams(*values) for name, values in json.loads(sys.argv[2]).items()}}
 cascade = load_cascade(get_preset("tiny"), Path(sys.argv[1]))
 outputs = stages.run_direct(cascade, {PROMPT!r}, {NEGATIVE!r}, num_images=1, seed={SEED},
                             resolution=1024, params=params)
-print(json.dumps({{name: [hashlib.sha256(stages.image_to_png(i)).hexdigest() for i in images]
+print(json.dumps({{name: [hashlib.sha256(stage_outputs.image_to_png(i)).hexdigest() for i in images]
                   for name, images in outputs.items()}}))
 """
     params = {name: [p.steps, p.guidance_scale, p.noise_level] for name, p in FEW_STEPS.items()}
@@ -118,21 +120,23 @@ print(json.dumps({{name: [hashlib.sha256(stages.image_to_png(i)).hexdigest() for
 def test_another_seed_gives_another_image(cascade: Cascade, embeds: PromptEmbeds) -> None:
     first = stages.run_base(cascade, embeds, num_images=1, seed=SEED, steps=3, guidance_scale=7.0)
     other = stages.run_base(cascade, embeds, num_images=1, seed=SEED + 100, steps=3, guidance_scale=7.0)
-    assert stages.image_to_png(first[0]) != stages.image_to_png(other[0])
+    assert stage_outputs.image_to_png(first[0]) != stage_outputs.image_to_png(other[0])
 
 
 def test_unbatched_each_image_depends_only_on_its_own_seed(cascade: Cascade, embeds: PromptEmbeds) -> None:
     pair = stages.run_base(cascade, embeds, num_images=2, seed=SEED, steps=3, guidance_scale=7.0, max_batch=1)
     second = stages.run_base(cascade, embeds, num_images=1, seed=SEED + 1, steps=3, guidance_scale=7.0)
-    pngs = [stages.image_to_png(image) for image in pair]
+    pngs = [stage_outputs.image_to_png(image) for image in pair]
     assert pngs[0] != pngs[1]
-    assert pngs[1] == stages.image_to_png(second[0])
+    assert pngs[1] == stage_outputs.image_to_png(second[0])
 
 
 def test_same_seed_and_batches_give_identical_pngs(cascade: Cascade, embeds: PromptEmbeds) -> None:
     first = stages.run_base(cascade, embeds, num_images=3, seed=SEED, steps=3, guidance_scale=7.0, max_batch=2)
     again = stages.run_base(cascade, embeds, num_images=3, seed=SEED, steps=3, guidance_scale=7.0, max_batch=2)
-    assert [stages.image_to_png(image) for image in first] == [stages.image_to_png(image) for image in again]
+    assert [stage_outputs.image_to_png(image) for image in first] == [
+        stage_outputs.image_to_png(image) for image in again
+    ]
 
 
 def _one_image_call(stage: str, cascade: Cascade, embeds: PromptEmbeds, image: PIL.Image.Image, seed: int) -> bytes:
@@ -150,7 +154,7 @@ def _one_image_call(stage: str, cascade: Cascade, embeds: PromptEmbeds, image: P
             output_type="pil",
             return_dict=False,
         )[0][0]
-        return stages.image_to_png(upscaled)
+        return stage_outputs.image_to_png(upscaled)
     common: dict[str, Any] = {
         "prompt_embeds": embeds.prompt_embeds,
         "negative_prompt_embeds": embeds.negative_embeds,
@@ -163,7 +167,7 @@ def _one_image_call(stage: str, cascade: Cascade, embeds: PromptEmbeds, image: P
     else:
         pipeline = cascade.pipeline(stage, IFSuperResolutionPipeline)
         output = pipeline(**common, image=image, guidance_scale=4.0, noise_level=100, height=256, width=256)
-    return stages.image_to_png(stages._tensor_to_image(output.images[0]))
+    return stage_outputs.image_to_png(stages._tensor_to_image(output.images[0]))
 
 
 @pytest.mark.parametrize("stage", ["base_64", "sr_256", "sr_1024"])
@@ -173,7 +177,7 @@ def test_batches_of_one_give_the_bytes_of_one_call_per_image(
     inputs = _inputs(stage, 2)
     images = _run_stage(stage, cascade, embeds, None, images=inputs, steps=2, max_batch=1)
     expected = [_one_image_call(stage, cascade, embeds, inputs[i], SEED + i) for i in range(2)]
-    assert [stages.image_to_png(image) for image in images] == expected
+    assert [stage_outputs.image_to_png(image) for image in images] == expected
 
 
 # The most an image's pixel (0-255) moves between a run alone and a run in a batch of up to 8: measured 1
@@ -195,7 +199,7 @@ def test_a_batched_image_stays_within_a_few_levels_of_its_unbatched_self(
     differences = [_max_pixel_difference(a, b) for a, b in zip(alone, batched, strict=True)]
     assert max(differences) <= BATCH_DRIFT_BOUND, differences
     # Each image still follows its own seed: the batch does not blend them.
-    assert len({stages.image_to_png(image) for image in batched}) == 3
+    assert len({stage_outputs.image_to_png(image) for image in batched}) == 3
 
 
 # The toy preset's scheduler (DPM-Solver) hands numpy a torch tensor in a way numpy 2 deprecates.
@@ -298,30 +302,30 @@ def test_a_stage_runs_again_after_a_cancellation(cascade: Cascade, embeds: Promp
         stages.run_base(cascade, embeds, num_images=1, seed=SEED, steps=3, guidance_scale=7.0, on_progress=cancel)
     again = stages.run_base(cascade, embeds, num_images=1, seed=SEED, steps=3, guidance_scale=7.0)
     fresh = stages.run_base(cascade, embeds, num_images=1, seed=SEED, steps=3, guidance_scale=7.0)
-    assert stages.image_to_png(again[0]) == stages.image_to_png(fresh[0])
+    assert stage_outputs.image_to_png(again[0]) == stage_outputs.image_to_png(fresh[0])
 
 
 def test_embeds_round_trip_through_bytes_exactly(embeds: PromptEmbeds) -> None:
-    data = stages.embeds_to_bytes(embeds)
-    restored = stages.embeds_from_bytes(data)
+    data = stage_outputs.embeds_to_bytes(embeds)
+    restored = stage_outputs.embeds_from_bytes(data)
     assert restored.prompt_embeds.dtype == embeds.prompt_embeds.dtype
     assert torch.equal(restored.prompt_embeds, embeds.prompt_embeds)
     assert torch.equal(restored.negative_embeds, embeds.negative_embeds)
-    assert stages.embeds_to_bytes(restored) == data
+    assert stage_outputs.embeds_to_bytes(restored) == data
     assert not torch.equal(embeds.prompt_embeds, embeds.negative_embeds)
 
 
 def test_encode_prompt_is_deterministic(cascade: Cascade, embeds: PromptEmbeds) -> None:
     again = stages.encode_prompt(cascade, PROMPT, NEGATIVE)
-    assert stages.embeds_to_bytes(again) == stages.embeds_to_bytes(embeds)
+    assert stage_outputs.embeds_to_bytes(again) == stage_outputs.embeds_to_bytes(embeds)
 
 
 def test_png_round_trip_keeps_pixels(full_run: dict[str, list[PIL.Image.Image]]) -> None:
     image = full_run["sr_256"][0]
-    data = stages.image_to_png(image)
+    data = stage_outputs.image_to_png(image)
     assert data.startswith(b"\x89PNG")
-    assert stages.image_to_png(stages.png_to_image(data)) == data
-    assert stages.png_to_image(data).tobytes() == image.tobytes()
+    assert stage_outputs.image_to_png(stage_outputs.png_to_image(data)) == data
+    assert stage_outputs.png_to_image(data).tobytes() == image.tobytes()
 
 
 def _small(size: int) -> list[PIL.Image.Image]:
@@ -376,8 +380,8 @@ _SR: dict[str, Any] = {"seed": 0, "steps": 2, "guidance_scale": 4.0, "noise_leve
             ),
             "params",
         ),
-        (lambda c, e: stages.embeds_from_bytes(b"not safetensors"), "embeddings"),
-        (lambda c, e: stages.png_to_image(b"not a png"), "image"),
+        (lambda c, e: stage_outputs.embeds_from_bytes(b"not safetensors"), "embeddings"),
+        (lambda c, e: stage_outputs.png_to_image(b"not a png"), "image"),
     ],
 )
 def test_invalid_input_raises_value_error_naming_it(
