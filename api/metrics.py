@@ -16,7 +16,7 @@ from sqlalchemy.exc import SQLAlchemyError
 
 from core.job_input import JOB_KINDS
 from core.metric_counts import QUEUE_WAIT_BUCKETS, STAGE_DURATION_BUCKETS, Counts, HistogramRow, read_counts
-from core.model_loads import MODEL_LOADS_KEY, parse_model_load_field
+from core.model_loads import MODEL_LOADS_KEY, live_workers, parse_model_load_field
 from core.redis_client import get_redis
 from core.routing import QUEUES
 from db import metrics as queries
@@ -89,7 +89,7 @@ class SystemCollector(Collector):
             depth.add_metric([queue], sum(lengths[position : position + len(keys)]))
             position += len(keys)
         yield depth
-        yield _model_loads(loads)
+        yield from _model_loads(loads)
         yield from _counter_families(read_counts())
 
 
@@ -140,22 +140,35 @@ def _histogram(
     return family
 
 
-def _model_loads(loads: dict[bytes, bytes]) -> GaugeMetricFamily:
-    family = GaugeMetricFamily(
+def _model_loads(loads: dict[bytes, bytes]) -> Iterator[GaugeMetricFamily]:
+    """How long each worker process took to load each model, and which models the running ones hold."""
+    seconds = GaugeMetricFamily(
         "imagen_model_load_seconds",
         "How long each worker process took to load a preset's model",
         labels=["preset", "model", "worker"],
     )
+    rows: list[tuple[str, str, str, float]] = []
     for raw_field, raw_seconds in loads.items():
         parsed = parse_model_load_field(raw_field.decode(errors="replace"))
         try:
-            seconds = float(raw_seconds)
+            value = float(raw_seconds)
         except ValueError:
             continue
         if parsed is not None:
             worker, preset, model = parsed
-            family.add_metric([preset, model, worker], seconds)
-    return family
+            seconds.add_metric([preset, model, worker], value)
+            rows.append((worker, preset, model, value))
+    yield seconds
+    held = GaugeMetricFamily(
+        "imagen_worker_models_loaded",
+        "1 for each model a running worker process holds (a worker loads only what its queues' stages run)",
+        labels=["preset", "model", "worker"],
+    )
+    alive = live_workers({worker for worker, *_ in rows}) if rows else set()
+    for worker, preset, model, _ in rows:
+        if worker in alive:
+            held.add_metric([preset, model, worker], 1)
+    yield held
 
 
 def queue_depths() -> dict[str, int]:

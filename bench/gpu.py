@@ -50,10 +50,6 @@ import numpy as np
 import PIL.Image
 import torch
 from diffusers.pipelines.deepfloyd_if.pipeline_if import IFPipeline
-from diffusers.pipelines.deepfloyd_if.pipeline_if_superresolution import IFSuperResolutionPipeline
-from diffusers.pipelines.stable_diffusion.pipeline_stable_diffusion_upscale import (
-    StableDiffusionUpscalePipeline,
-)
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # the checkout, not an installed copy
 
@@ -64,7 +60,7 @@ from core.presets import Preset, get_preset
 from workers.captioning import caption_images
 from workers.cascade import encode_prompt
 from workers.embedding import embed_images, embed_texts
-from workers.pipelines import load_cascade, pick_device, quiet_progress_bars
+from workers.pipelines import TEXT_ENCODER, load_cascade, pick_device
 from workers.preset_files import build_preset
 from workers.stage_outputs import PromptEmbeds
 from workers.vision_models import load_captioner, load_embedder
@@ -178,15 +174,6 @@ def _measure(device: str, load: Callable[[], Any], run: Callable[[Any], object])
     return (loaded, peak) if device == "cuda" else None
 
 
-def _pipeline(pipeline_class: type[Any], folder: Path, device: str, dtype: torch.dtype, **components: Any) -> Any:
-    """A stage's pipeline from its local folder, with `components` left out or replaced, on `device`."""
-    with quiet_progress_bars():
-        pipeline = pipeline_class.from_pretrained(str(folder), dtype=dtype, local_files_only=True, **components)
-    pipeline.to(device)
-    pipeline.set_progress_bar_config(disable=True)
-    return pipeline
-
-
 def _noise_images(resolution: int, count: int) -> list[PIL.Image.Image]:
     rng = np.random.default_rng(0)
     return [
@@ -199,7 +186,6 @@ def _group_memory(preset: Preset, models_dir: Path, batch: int) -> None:
     preset = _fp16(preset)
     device, dtype = pick_device(preset)
     base_spec = preset.base_stage
-    base_folder = models_dir / base_spec.source
     kept: dict[str, PromptEmbeds] = {}
 
     def encode(pipeline: IFPipeline) -> None:
@@ -235,33 +221,30 @@ def _group_memory(preset: Preset, models_dir: Path, batch: int) -> None:
             else:  # the x4 upscaler encodes the prompt with its own text encoder
                 pipelines[spec.name](prompt=[PROMPT] * batch, output_type="pil", **common)
 
-    def load_sr() -> dict[str, Any]:
-        pipelines = {}
-        for spec in preset.stages[1:]:
-            folder = models_dir / spec.source
-            if spec.kind == "if_sr":  # fed stage I's embeddings: no text encoder, as the workers load it
-                pipelines[spec.name] = _pipeline(
-                    IFSuperResolutionPipeline, folder, device, dtype, text_encoder=None, tokenizer=None
-                )
-            else:
-                pipelines[spec.name] = _pipeline(StableDiffusionUpscalePipeline, folder, device, dtype)
-        return pipelines
+    def load_parts(*parts: str) -> Any:
+        # The parts a stage worker loads, exactly as it loads them (workers.pipelines).
+        return load_cascade(preset, models_dir, parts=list(parts))
 
     images = _noise_images(preset.final_resolution, batch)
     groups: list[tuple[str, str, Callable[[], Any], Callable[[Any], object]]] = [
         (
             "text",
             "the text encoder, one prompt",
-            lambda: _pipeline(IFPipeline, base_folder, device, dtype, unet=None),
-            encode,
+            lambda: load_parts(TEXT_ENCODER),
+            lambda cascade: encode(cascade.text_encoder),
         ),
         (
             "base",
             f"{base_spec.name}, batch {batch}",
-            lambda: _pipeline(IFPipeline, base_folder, device, dtype, text_encoder=None, tokenizer=None),
-            denoise_base,
+            lambda: load_parts(base_spec.name),
+            lambda cascade: denoise_base(cascade.base),
         ),
-        ("sr", f"{', '.join(spec.name for spec in preset.stages[1:])}, batch {batch}", load_sr, upscale),
+        (
+            "sr",
+            f"{', '.join(spec.name for spec in preset.stages[1:])}, batch {batch}",
+            lambda: load_parts(*(spec.name for spec in preset.stages[1:])),
+            lambda cascade: upscale({name: part.pipeline for name, part in cascade.parts.items()}),
+        ),
         (
             "caption",
             "1 image, 20 tokens",

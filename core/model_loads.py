@@ -1,12 +1,17 @@
-"""Where workers publish how long their models took to load, for the API's /metrics to read.
+"""Where workers publish which models they hold and how long each took to load, for the API's /metrics.
 
 Each worker process loads its models once; it records the time in one Redis hash, a field per
-(worker process, preset, model). Importing this module never imports torch.
+(worker process, preset, model), and keeps a key of its own alive while it runs (refreshed by a thread,
+so a worker deep in a long stage still counts as alive): the models of a worker whose key expired are
+no longer held by anyone. Importing this module never imports torch.
 """
 
+import atexit
+import contextlib
 import logging
 import os
 import socket
+import threading
 
 from redis.exceptions import RedisError
 
@@ -18,6 +23,17 @@ MODEL_LOADS_KEY = "imagen:model-loads"
 # Refreshed by every load: the hash of a deployment whose workers all stopped ends by itself.
 _KEY_TTL_S = 30 * 24 * 3600
 _SEP = "|"
+_ALIVE_PREFIX = "imagen:worker-alive:"
+# A worker's key outlives a few missed refreshes (a Redis blip), not a dead worker by long.
+ALIVE_TTL_S = 60
+_ALIVE_REFRESH_S = 15
+_alive_thread: threading.Thread | None = None
+_alive_lock = threading.Lock()
+
+
+def alive_key(worker: str) -> str:
+    """The key a worker process keeps alive while it holds models."""
+    return _ALIVE_PREFIX + worker
 
 
 def worker_name() -> str:
@@ -44,7 +60,45 @@ def record_model_load(preset: str, model: str, seconds: float) -> None:
         pipe = get_redis().pipeline(transaction=False)
         pipe.hset(MODEL_LOADS_KEY, model_load_field(worker_name(), preset, model), f"{seconds:.6f}")
         pipe.expire(MODEL_LOADS_KEY, _KEY_TTL_S)
+        pipe.set(alive_key(worker_name()), "1", ex=ALIVE_TTL_S)
         pipe.execute()
     except RedisError as exc:
         # The model is loaded and the stage can run; only the metric is missing.
         log.warning("could not publish the load time of %s/%s: %s", preset, model, exc)
+    _keep_alive()
+
+
+def _keep_alive() -> None:
+    """Start (once per process) the thread that keeps this worker's key alive, and drop it at exit."""
+    global _alive_thread
+    with _alive_lock:
+        if _alive_thread is not None and _alive_thread.is_alive():
+            return
+        worker = worker_name()
+
+        def refresh() -> None:
+            while True:
+                threading.Event().wait(_ALIVE_REFRESH_S)
+                try:
+                    get_redis().set(alive_key(worker), "1", ex=ALIVE_TTL_S)
+                except RedisError as exc:
+                    log.warning("could not refresh this worker's liveness: %s", exc)
+
+        _alive_thread = threading.Thread(target=refresh, name="models-alive", daemon=True)
+        _alive_thread.start()
+        atexit.register(_forget, worker)
+
+
+def _forget(worker: str) -> None:
+    """On a clean exit: this process holds no model any more."""
+    with contextlib.suppress(RedisError):  # else the key expires by itself
+        get_redis().delete(alive_key(worker))
+
+
+def live_workers(workers: set[str]) -> set[str]:
+    """Those of ``workers`` whose process still runs (its key is alive), in one round trip."""
+    ordered = sorted(workers)
+    pipe = get_redis().pipeline(transaction=False)
+    for worker in ordered:
+        pipe.exists(alive_key(worker))
+    return {worker for worker, alive in zip(ordered, pipe.execute(), strict=True) if alive}

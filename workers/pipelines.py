@@ -1,12 +1,14 @@
-"""Loading a preset's cascade (one diffusers pipeline per stage), once per worker process."""
+"""Loading a preset's cascade, part by part (the text encoder, then one diffusers pipeline per stage), each
+part once per worker process and only in the processes that run it."""
 
 from __future__ import annotations
 
 import logging
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol, TypeVar
 
@@ -38,43 +40,78 @@ PIPELINE_CLASSES: dict[StageKind, type[DiffusionPipeline]] = {
 }
 
 
-class Cascade:
-    """A preset's pipelines, one per stage by stage name, resident on one device."""
+TEXT_ENCODER = "text_encoder"
+"""The part of a preset that encodes prompts: stage I's frozen text encoder and its tokenizer."""
 
-    def __init__(
-        self,
-        preset: Preset,
-        pipelines: dict[str, DiffusionPipeline],
-        *,
-        device: str,
-        dtype: torch.dtype,
-        load_seconds: float,
-    ) -> None:
-        missing = [spec.name for spec in preset.stages if spec.name not in pipelines]
-        if missing:
-            raise ValueError(f"pipelines lacks stages {missing} of preset {preset.name!r}")
+
+@dataclass
+class Part:
+    """One model of a preset resident in this process: the text encoder, or one stage's pipeline."""
+
+    name: str
+    pipeline: DiffusionPipeline
+    load_seconds: float
+    # Schedulers keep per-run state (timesteps), so two threads must not run one pipeline at once.
+    run_lock: threading.Lock = field(default_factory=threading.Lock)
+
+
+class Cascade:
+    """Some or all of a preset's parts, on one device: the text encoder and each stage's pipeline by name.
+
+    A worker holds only the parts its queues need (see ``get_cascade``); a stage asks for the part it runs.
+    """
+
+    def __init__(self, preset: Preset, parts: Mapping[str, Part], *, device: str, dtype: torch.dtype) -> None:
+        known = {TEXT_ENCODER, *(spec.name for spec in preset.stages)}
+        unknown = sorted(set(parts) - known)
+        if unknown:
+            raise ValueError(f"parts {unknown} are not parts of preset {preset.name!r}")
         self.preset = preset
-        self.pipelines = pipelines
+        self.parts = dict(parts)
         self.device = device
         self.dtype = dtype
-        self.load_seconds = load_seconds
-        # Schedulers keep per-run state (timesteps), so two threads must not run a stage at once.
-        self.run_lock = threading.Lock()
+
+    @property
+    def load_seconds(self) -> float:
+        """How long its parts took to load, together."""
+        return sum(part.load_seconds for part in self.parts.values())
+
+    @property
+    def text_encoder(self) -> IFPipeline:
+        """The pipeline that encodes prompts for the whole cascade (stage I's, holding no UNet)."""
+        return self.pipeline(TEXT_ENCODER, IFPipeline)
 
     @property
     def base(self) -> IFPipeline:
-        """The base stage's pipeline, whose text encoder encodes prompts for the whole cascade."""
+        """The base stage's pipeline (holding no text encoder: it takes encoded prompts)."""
         return self.pipeline(self.preset.base_stage.name, IFPipeline)
 
-    def pipeline(self, stage: str, pipeline_class: type[_Pipeline]) -> _Pipeline:
-        """The pipeline of the stage called `stage`, which must be a `pipeline_class`."""
-        pipeline = self.pipelines[self.preset.stage(stage).name]
+    def part(self, name: str) -> Part:
+        """The part called ``name``; a KeyError that names the parts held when it is not."""
+        try:
+            return self.parts[name]
+        except KeyError:
+            raise KeyError(f"this cascade of {self.preset.name!r} holds {sorted(self.parts)}, not {name!r}") from None
+
+    def pipeline(self, name: str, pipeline_class: type[_Pipeline]) -> _Pipeline:
+        """The pipeline of the part called ``name``, which must be a ``pipeline_class``."""
+        pipeline = self.part(name).pipeline
         if not isinstance(pipeline, pipeline_class):
-            raise TypeError(f"stage {stage} runs a {type(pipeline).__name__}, not a {pipeline_class.__name__}")
+            raise TypeError(f"{name} runs a {type(pipeline).__name__}, not a {pipeline_class.__name__}")
         return pipeline
 
+    def run_lock(self, name: str) -> threading.Lock:
+        """The lock held while the part called ``name`` runs."""
+        return self.part(name).run_lock
+
     def __repr__(self) -> str:
-        return f"Cascade(preset={self.preset.name!r}, device={self.device!r}, dtype={self.dtype})"
+        parts = ", ".join(self.parts)
+        return f"Cascade(preset={self.preset.name!r}, parts=[{parts}], device={self.device!r}, dtype={self.dtype})"
+
+
+def part_names(preset: Preset) -> tuple[str, ...]:
+    """Every part of a preset: the text encoder, then each stage."""
+    return (TEXT_ENCODER, *(spec.name for spec in preset.stages))
 
 
 def pick_device(preset: Preset) -> tuple[str, torch.dtype]:
@@ -84,21 +121,40 @@ def pick_device(preset: Preset) -> tuple[str, torch.dtype]:
     return "cpu", torch.float32
 
 
-def load_cascade(preset: Preset, models_dir: Path) -> Cascade:
-    """Load `preset`'s pipelines from `models_dir` (or the Hugging Face cache) onto the best device."""
+def load_cascade(preset: Preset, models_dir: Path, parts: Sequence[str] | None = None) -> Cascade:
+    """Load ``parts`` of ``preset`` (all of them by default) from ``models_dir`` (or the Hugging Face
+    cache) onto the best device, for this call only; workers keep theirs resident with ``get_cascade``."""
     device, dtype = pick_device(preset)
+    loaded: dict[str, Part] = {}
+    for name in parts if parts is not None else part_names(preset):
+        loaded[name] = load_part(preset, name, models_dir, device, dtype, lend=loaded)
+    return Cascade(preset, loaded, device=device, dtype=dtype)
+
+
+def load_part(
+    preset: Preset,
+    name: str,
+    models_dir: Path,
+    device: str,
+    dtype: torch.dtype,
+    *,
+    lend: Mapping[str, Part] | None = None,
+) -> Part:
+    """Load one part of ``preset`` onto ``device``: the text encoder, or the pipeline of the stage ``name``.
+
+    Stage I's folder holds both the text encoder and the base UNet; each is loaded without the other, so a
+    worker that only encodes prompts never holds a UNet and one that only denoises never holds the encoder.
+    An x4-upscaler stage borrows stage I's safety modules, from ``lend`` when the base stage is there.
+    """
     started = time.perf_counter()
     with quiet_progress_bars():
-        pipelines = _load_stages(preset, models_dir, dtype)
-
+        pipeline = _load_pipeline(preset, name, models_dir, dtype, lend or {})
     # Progress is reported through the denoising callback, not tqdm bars in the worker's log.
-    for pipeline in pipelines.values():
-        pipeline.to(device)
-        pipeline.set_progress_bar_config(disable=True)
-
+    pipeline.to(device)
+    pipeline.set_progress_bar_config(disable=True)
     load_seconds = time.perf_counter() - started
-    logger.info("loaded preset %s on %s (%s) in %.2f s", preset.name, device, dtype, load_seconds)
-    return Cascade(preset, pipelines, device=device, dtype=dtype, load_seconds=load_seconds)
+    logger.info("loaded %s of preset %s on %s (%s) in %.2f s", name, preset.name, device, dtype, load_seconds)
+    return Part(name, pipeline, load_seconds)
 
 
 @contextmanager
@@ -117,23 +173,32 @@ def quiet_progress_bars() -> Iterator[None]:
             transformers_logging.enable_progress_bar()
 
 
-def _load_stages(preset: Preset, models_dir: Path, dtype: torch.dtype) -> dict[str, DiffusionPipeline]:
-    base = _load_stage(IFPipeline, preset, preset.base_stage, models_dir, dtype)
-    pipelines: dict[str, DiffusionPipeline] = {preset.base_stage.name: base}
-    for spec in preset.stages[1:]:
-        components: dict[str, Any] = {}
-        if spec.kind == "if_sr":
-            # IF's super-resolution stages get their text embeddings from stage I: no text encoder of their own.
-            components = {"text_encoder": None, "tokenizer": None}
-        elif spec.kind == "sd_upscale":
-            # The x4 upscaler has no safety modules of its own; diffusers' IF recipe lends it stage I's.
-            components = {
-                name: getattr(base, name, None)
-                for name in ("safety_checker", "feature_extractor", "watermarker")
-                if getattr(base, name, None) is not None
-            }
-        pipelines[spec.name] = _load_stage(PIPELINE_CLASSES[spec.kind], preset, spec, models_dir, dtype, **components)
-    return pipelines
+# Stage I's safety modules: the base pipeline runs them on final images, and the x4 upscaler borrows them.
+_SAFETY_MODULES = ("safety_checker", "feature_extractor", "watermarker")
+
+
+def _load_pipeline(
+    preset: Preset, name: str, models_dir: Path, dtype: torch.dtype, lend: Mapping[str, Part]
+) -> DiffusionPipeline:
+    base = preset.base_stage
+    if name == TEXT_ENCODER:
+        skip = {"unet": None, **dict.fromkeys(_SAFETY_MODULES)}
+        return _load_stage(IFPipeline, preset, base, models_dir, dtype, requires_safety_checker=False, **skip)
+    spec = preset.stage(name)
+    components: dict[str, Any] = {}
+    if spec.kind in ("if", "if_sr"):
+        # IF's stages take their text embeddings from the text encoder part: no text encoder of their own.
+        components = {"text_encoder": None, "tokenizer": None}
+    elif spec.kind == "sd_upscale":
+        # The x4 upscaler has no safety modules of its own; diffusers' IF recipe lends it stage I's.
+        lender: DiffusionPipeline
+        if base.name in lend:
+            lender = lend[base.name].pipeline
+        else:
+            skip = {"unet": None, "text_encoder": None, "tokenizer": None}
+            lender = _load_stage(IFPipeline, preset, base, models_dir, dtype, **skip)
+        components = {m: getattr(lender, m) for m in _SAFETY_MODULES if getattr(lender, m, None) is not None}
+    return _load_stage(PIPELINE_CLASSES[spec.kind], preset, spec, models_dir, dtype, **components)
 
 
 class _Loaded(Protocol):
@@ -157,9 +222,29 @@ def resident(role: str, preset_name: str, models_dir: Path, load: Callable[[Pres
         return model
 
 
-def get_cascade(preset_name: str, models_dir: Path) -> Cascade:
-    """This process's cascade for `preset_name`: loaded on first use, then kept resident."""
-    return resident("cascade", preset_name, models_dir, load_cascade)
+def get_cascade(preset_name: str, models_dir: Path, parts: Sequence[str] | None = None) -> Cascade:
+    """This process's ``parts`` of ``preset_name`` (all of them by default), each loaded on first use and
+    kept resident: a worker loads only what the stages it runs need, and each part once."""
+    preset = get_preset(preset_name)
+    device, dtype = pick_device(preset)
+    loaded: dict[str, Part] = {}
+    for name in parts if parts is not None else part_names(preset):
+
+        def load(preset: Preset, folder: Path, name: str = name) -> Part:
+            # Called under the residency lock: an x4 upscaler borrows stage I's modules if this process
+            # holds stage I already (a worker serving every queue loads parts in cascade order).
+            base_key = (preset.base_stage.name, preset.name, folder)
+            lend = {preset.base_stage.name: _resident[base_key]} if base_key in _resident else {}
+            return load_part(preset, name, folder, device, dtype, lend=lend)
+
+        loaded[name] = resident(name, preset_name, models_dir, load)
+    return Cascade(preset, loaded, device=device, dtype=dtype)
+
+
+def resident_models() -> list[tuple[str, str]]:
+    """The (preset, model) pairs this process holds."""
+    with _resident_lock:
+        return sorted((preset, role) for role, preset, _ in _resident)
 
 
 def _load_stage(

@@ -23,6 +23,7 @@ FAMILIES = {
     "imagen_webhook_deliveries": "counter",
     "imagen_webhook_events_pending": "gauge",
     "imagen_model_load_seconds": "gauge",
+    "imagen_worker_models_loaded": "gauge",
     "imagen_metrics_scrape_error": "gauge",
 }
 
@@ -96,16 +97,44 @@ def test_counters_and_stage_histograms_move_by_one_per_job(system: System, clien
     assert _value(after, "imagen_queue_depth", queue="sr") == 0
 
 
-def test_model_load_time_is_published_by_the_worker(system: System, client: Client) -> None:
+def test_the_worker_publishes_each_model_it_loads_and_holds(system: System, client: Client) -> None:
     job = client.wait(client.submit(seed=2, resolution=64, stages=FAST)["id"])
     assert job["status"] == "succeeded", job
-    loads = [
-        s
-        for s in _scrape(system)["imagen_model_load_seconds"].samples
-        if s.labels["preset"] == "tiny" and s.labels["model"] == "cascade"
-    ]
-    assert loads and all(s.value > 0 for s in loads), loads
+    scrape = _scrape(system)
+    # A job to 64 px runs the text encoder and stage I: the worker loaded those parts, each on its own.
+    loads = [s for s in scrape["imagen_model_load_seconds"].samples if s.labels["preset"] == "tiny"]
+    assert {"text_encoder", "base_64"} <= {s.labels["model"] for s in loads}, loads
+    assert all(s.value > 0 for s in loads), loads
     assert all(":" in s.labels["worker"] for s in loads)  # hostname:pid
+    held = {
+        (s.labels["worker"], s.labels["model"])
+        for s in scrape["imagen_worker_models_loaded"].samples
+        if s.labels["preset"] == "tiny" and s.value == 1
+    }
+    assert {(s.labels["worker"], s.labels["model"]) for s in loads} >= held
+    assert {"text_encoder", "base_64"} <= {model for _, model in held}, held
+
+
+def test_a_stopped_workers_models_are_no_longer_held(system: System) -> None:
+    from core.model_loads import MODEL_LOADS_KEY, alive_key, model_load_field
+    from core.redis_client import get_redis
+
+    # A worker process that loaded a model, then died (its key expired): its load time stays on record.
+    gone = "gone-host:4242"
+    redis = get_redis()
+    redis.hset(MODEL_LOADS_KEY, model_load_field(gone, "tiny", "base_64"), "1.5")
+    redis.delete(alive_key(gone))
+    try:
+        scrape = _scrape(system)
+        assert any(s.labels["worker"] == gone for s in scrape["imagen_model_load_seconds"].samples)
+        assert not any(s.labels["worker"] == gone for s in scrape["imagen_worker_models_loaded"].samples)
+        # Alive again: held again.
+        redis.set(alive_key(gone), "1", ex=30)
+        held = _scrape(system)["imagen_worker_models_loaded"].samples
+        assert any(s.labels["worker"] == gone and s.labels["model"] == "base_64" for s in held)
+    finally:
+        redis.hdel(MODEL_LOADS_KEY, model_load_field(gone, "tiny", "base_64"))
+        redis.delete(alive_key(gone))
 
 
 def test_queue_depth_reads_the_lists_kombu_publishes_to(system: System) -> None:
