@@ -38,11 +38,15 @@ class Settings(BaseSettings):
     # The committed weights the toy preset is assembled from (default: models/toy/ of the checkout).
     toy_weights_dir: Path | None = None
     torch_threads: int | None = None
-    # Images in one denoising forward pass: a stage splits a job's num_images into runs of at most this
-    # many (each image still from its own seed), and a pass shared by several jobs will fill up to it too.
-    # 1 runs every image alone, byte for byte as a one-image job would; more is faster but can move a
-    # pixel by a level or so (README, "Batched denoising").
+    # Images in one denoising forward pass (prompts, for the text encoder): a stage splits a job's
+    # num_images into runs of at most this many (each image still from its own seed), and fills a pass up
+    # to it with other jobs' waiting runs of the same stage and parameters. 1 runs every image alone, byte
+    # for byte as a one-image job would; more is faster but can move a pixel by a level or so (README,
+    # "Batched denoising").
     max_batch: int = Field(default=DEFAULT_MAX_BATCH, ge=1, le=MAX_BATCH)
+    # How long a worker that found companions for a batch waits, once, for more to fill it. A lone run on
+    # an idle worker never waits.
+    batch_wait_ms: int = Field(default=20, ge=0, le=5000)
 
     admin_api_key: str | None = None
     # Dashboard sign-in attempts per client address and minute (<= 0: unlimited).

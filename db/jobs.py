@@ -7,7 +7,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from sqlalchemy import BindParameter, and_, bindparam, func, or_, select, update
-from sqlalchemy.dialects.postgresql import insert
+from sqlalchemy.dialects.postgresql import JSONB, insert
 from sqlalchemy.orm import Session, joinedload, raiseload
 
 from core.errors import InvalidInput
@@ -180,23 +180,61 @@ def mark_stage_running(job: Job, stage: JobStage) -> None:
     job.started_at = job.started_at or t
 
 
-def record_progress(session: Session, *, stage_id: uuid.UUID, progress: float) -> bool:
-    """Store a stage's progress and heartbeat; returns whether its job was asked to cancel."""
+def record_progress(session: Session, *, stage_ids: Sequence[uuid.UUID], progress: float) -> set[uuid.UUID]:
+    """Store running stages' progress and heartbeat; returns those of them whose job was asked to cancel."""
     session.execute(
         update(JobStage)
-        .where(JobStage.id == stage_id, JobStage.status == StageStatus.RUNNING)
+        .where(JobStage.id.in_(stage_ids), JobStage.status == StageStatus.RUNNING)
         .values(progress=progress, heartbeat_at=now())
     )
-    return bool(
-        session.scalar(
-            select(Job.cancel_requested).join(JobStage, JobStage.job_id == Job.id).where(JobStage.id == stage_id)
+    canceled = (
+        select(JobStage.id)
+        .join(Job, JobStage.job_id == Job.id)
+        .where(JobStage.id.in_(stage_ids), Job.cancel_requested.is_(True))
+    )
+    return set(session.scalars(canceled))
+
+
+def beat_heartbeat(session: Session, *, stage_ids: Sequence[uuid.UUID]) -> None:
+    """Record that running stages' worker is alive (the sweeper re-enqueues stages whose beat stops)."""
+    session.execute(update(JobStage).where(JobStage.id.in_(stage_ids)).values(heartbeat_at=now()))
+
+
+def batch_candidates(
+    session: Session,
+    *,
+    stage: str,
+    preset: str,
+    params: dict[str, Any] | None,
+    exclude: uuid.UUID,
+    limit: int,
+) -> list[Job]:
+    """Live, sent jobs whose ``stage`` waits to run with the same ``params`` (its stored parameters, None
+    for a stage that takes none) on ``preset``: the runs that may share a forward pass. Highest priority
+    first, then the longest waiting; locked, skipping jobs another worker holds."""
+    waiting = (
+        select(Job)
+        .join(JobStage, JobStage.job_id == Job.id)
+        .where(
+            JobStage.name == stage,
+            JobStage.status == StageStatus.PENDING,
+            JobStage.queued_at.is_not(None),
+            Job.status.in_(ACTIVE),
+            Job.preset == preset,
+            Job.cancel_requested.is_(False),
+            Job.dispatched_at.is_not(None),
+            Job.id != exclude,
         )
     )
+    if params is not None:
+        waiting = waiting.where(Job.input["stages"][stage] == bindparam("stage_params", params, type_=JSONB))
+    waiting = waiting.order_by(Job.priority.desc(), JobStage.queued_at).limit(limit)
+    return list(session.scalars(waiting.with_for_update(of=Job, skip_locked=True)))
 
 
-def beat_heartbeat(session: Session, *, stage_id: uuid.UUID) -> None:
-    """Record that a running stage's worker is alive (the sweeper re-enqueues stages whose beat stops)."""
-    session.execute(update(JobStage).where(JobStage.id == stage_id).values(heartbeat_at=now()))
+def record_batch(session: Session, *, stage_ids: Sequence[uuid.UUID], size: int) -> None:
+    """Mark stage runs as sharing one forward pass of ``size`` images, led by the first of ``stage_ids``."""
+    session.execute(update(JobStage).where(JobStage.id.in_(stage_ids)).values(batch_id=stage_ids[0], batch_size=size))
 
 
 def record_artifact(

@@ -129,7 +129,16 @@ class Job(Base):
 
 class JobStage(Base):
     __tablename__ = "job_stages"
-    __table_args__ = (UniqueConstraint("job_id", "name"),)
+    __table_args__ = (
+        UniqueConstraint("job_id", "name"),
+        # A worker gathering companions for a batch looks up the pending runs of one stage.
+        Index(
+            "ix_job_stages_pending_name",
+            "name",
+            "queued_at",
+            postgresql_where=text("status = 'pending' AND queued_at IS NOT NULL"),
+        ),
+    )
 
     id: Mapped[UUIDPk]
     job_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("jobs.id", ondelete="CASCADE"))
@@ -146,6 +155,11 @@ class JobStage(Base):
     finished_at: Mapped[Timestamp]
     heartbeat_at: Mapped[Timestamp]
     duration_ms: Mapped[int | None] = mapped_column(Integer)
+    # Runs that shared a forward pass carry the stage id of the run that led it, and the pass's image count.
+    batch_id: Mapped[uuid.UUID | None] = mapped_column(Uuid)
+    batch_size: Mapped[int | None] = mapped_column(Integer)
+    # The dispatch generation whose run completed the stage and sent the job on to its next stage.
+    completed_seq: Mapped[int | None] = mapped_column(Integer)
 
     job: Mapped[Job] = relationship(back_populates="stages")
 

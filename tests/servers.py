@@ -12,7 +12,7 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -274,11 +274,12 @@ class System:
         """Start another API process on ``port``, beside the first (the chaos runs kill one of two)."""
         return ChildProcess(name, ["api", "--port", str(port)], self.env, self.logs).start()
 
-    def new_worker(self, name: str = "worker", env: Mapping[str, str] | None = None) -> ChildProcess:
-        """Start a model worker (solo pool, as on a GPU machine) for the model stages' queues; ``env`` adds
-        to the system's environment."""
-        queues = ",".join(MODEL_QUEUES)
-        args = ["worker", "--pool", "solo", "--queues", queues, "--hostname", f"{name}@%h"]
+    def new_worker(
+        self, name: str = "worker", env: Mapping[str, str] | None = None, queues: Sequence[str] = MODEL_QUEUES
+    ) -> ChildProcess:
+        """Start a model worker (solo pool, as on a GPU machine) for ``queues`` (every model stage's by
+        default); ``env`` adds to the system's environment."""
+        args = ["worker", "--pool", "solo", "--queues", ",".join(queues), "--hostname", f"{name}@%h"]
         return ChildProcess(name, args, {**self.env, **(env or {})}, self.logs).start()
 
     def new_control_worker(self, name: str = "control-worker") -> ChildProcess:

@@ -1,17 +1,19 @@
 """The cascade's stages as plain functions: prompt in, images out; no Celery, database or storage.
 
 Image `i` of a request follows its own CPU generator, seeded with `seed + i`, through each stage.
-A stage denoises the request's images together, in forward passes of at most `max_batch` images
-(one generator per image): the noise an image gets depends on its seed only, and its bytes are the
+A stage denoises its images together (one request's, or several requests' with different prompts), in
+forward passes of at most `max_batch` images (one generator per image): the noise an image gets
+depends on its seed only, and its bytes are the
 same in any process with the same weights, device, dtype, thread count and batches. The batch an
 image shares changes the arithmetic a little (batched kernels sum in another order), so its pixels
-can move slightly with `max_batch` or `num_images`; with `max_batch=1` every image runs alone and
+can move slightly with `max_batch`, `num_images` or its companions; with `max_batch=1` every image runs alone and
 depends on its seed only, byte for byte.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
 
 import numpy as np
 import PIL.Image
@@ -34,7 +36,7 @@ from core.limits import (
     check_text,
 )
 from core.presets import StageKind, StageParams, StageSpec
-from workers.pipelines import Cascade
+from workers.pipelines import TEXT_ENCODER, Cascade
 from workers.stage_outputs import PromptEmbeds, embeds_from_bytes, embeds_to_bytes, image_to_png, png_to_image
 
 ProgressFn = Callable[[float], None]
@@ -43,22 +45,56 @@ ProgressFn = Callable[[float], None]
 
 def encode_prompt(cascade: Cascade, prompt: str, negative_prompt: str | None = None) -> PromptEmbeds:
     """Encode `prompt` (and `negative_prompt`, or the empty prompt) with stage I's text encoder."""
-    # 1. Check inputs
-    check_text("prompt", prompt)
-    if negative_prompt is not None:
-        check_text("negative_prompt", negative_prompt, allow_empty=True)
+    return encode_prompts(cascade, [(prompt, negative_prompt)])[0]
 
-    # 2. Encode both in one call, as the pipeline would for classifier-free guidance
-    prompt_embeds, negative_embeds = cascade.base.encode_prompt(
-        prompt,
-        do_classifier_free_guidance=True,
-        num_images_per_prompt=1,
-        device=torch.device(cascade.device),
-        negative_prompt=negative_prompt,
-        # Caption cleaning needs bs4 and ftfy, and would change the prompt the user wrote.
-        clean_caption=False,
-    )
-    return PromptEmbeds(prompt_embeds.cpu(), negative_embeds.cpu())
+
+def encode_prompts(
+    cascade: Cascade, prompts: Sequence[tuple[str, str | None]], *, max_batch: int = DEFAULT_MAX_BATCH
+) -> list[PromptEmbeds]:
+    """Encode each `(prompt, negative prompt)` pair, in passes of at most `max_batch` pairs.
+
+    The tokenizer pads every prompt to the same length with an attention mask, so a prompt's embeddings do
+    not depend on its companions beyond the arithmetic of a batched pass.
+    """
+    # 1. Check inputs
+    check_int("max_batch", max_batch, 1, MAX_BATCH)
+    for prompt, negative_prompt in prompts:
+        check_text("prompt", prompt)
+        if negative_prompt is not None:
+            check_text("negative_prompt", negative_prompt, allow_empty=True)
+
+    # 2. Encode each batch of prompts and their negatives in one call, as the pipeline would for
+    # classifier-free guidance (no negative prompt is the empty prompt, as in the pipeline)
+    pipeline = cascade.text_encoder
+    encoded: list[PromptEmbeds] = []
+    with cascade.run_lock(TEXT_ENCODER):
+        for batch in _batches(len(prompts), max_batch):
+            prompt_embeds, negative_embeds = pipeline.encode_prompt(
+                [prompts[i][0] for i in batch],
+                do_classifier_free_guidance=True,
+                num_images_per_prompt=1,
+                device=torch.device(cascade.device),
+                negative_prompt=[prompts[i][1] or "" for i in batch],
+                # Caption cleaning needs bs4 and ftfy, and would change the prompt the user wrote.
+                clean_caption=False,
+            )
+            encoded.extend(
+                PromptEmbeds(prompt_embeds[j : j + 1].cpu(), negative_embeds[j : j + 1].cpu())
+                for j in range(len(batch))
+            )
+    return encoded
+
+
+@dataclass(frozen=True)
+class ImageRequest:
+    """One image for a denoising stage to make: its prompt's embeddings, its seed and, for a
+    super-resolution stage, the image to upscale and the prompt (an x4 upscaler encodes it itself)."""
+
+    embeds: PromptEmbeds
+    seed: int
+    image: PIL.Image.Image | None = None
+    prompt: str = ""
+    negative_prompt: str | None = None
 
 
 def run_base(
@@ -73,141 +109,58 @@ def run_base(
     on_progress: ProgressFn | None = None,
 ) -> list[PIL.Image.Image]:
     """Stage I: `num_images` images of the base resolution from the prompt's embeddings."""
+    check_int("num_images", num_images, 1, MAX_IMAGES_PER_JOB)
+    check_int("seed", seed, 0, MAX_SEED)
+    requests = [ImageRequest(embeds, seed + index) for index in range(num_images)]
+    return run_base_batch(
+        cascade, requests, steps=steps, guidance_scale=guidance_scale, max_batch=max_batch, on_progress=on_progress
+    )
+
+
+def run_base_batch(
+    cascade: Cascade,
+    requests: Sequence[ImageRequest],
+    *,
+    steps: int,
+    guidance_scale: float,
+    max_batch: int = DEFAULT_MAX_BATCH,
+    on_progress: ProgressFn | None = None,
+) -> list[PIL.Image.Image]:
+    """Stage I for any mix of prompts and seeds (one job's images, or several jobs'), in order."""
     spec = cascade.preset.base_stage
     pipeline = cascade.base
 
     # 1. Check inputs
-    check_int("num_images", num_images, 1, MAX_IMAGES_PER_JOB)
-    check_int("seed", seed, 0, MAX_SEED)
+    _check_requests(requests)
     check_int("steps", steps, 1, MAX_STEPS)
     check_guidance(guidance_scale)
     check_int("max_batch", max_batch, 1, MAX_BATCH)
-    _check_embeds(embeds, pipeline.unet.config["encoder_hid_dim"])
+    for request in requests:
+        check_int("seed", request.seed, 0, MAX_SEED + MAX_IMAGES_PER_JOB)
+        _check_embeds(request.embeds, pipeline.unet.config["encoder_hid_dim"])
 
-    # 2. Put the embeddings where the model is
-    prompt_embeds, negative_embeds = _embeds_on(cascade, embeds)
-
-    # 3. Denoise the images a batch at a time, each from its own seed
+    # 2. Denoise the images a batch at a time, each from its own seed
     images: list[PIL.Image.Image] = []
-    with cascade.run_lock:
-        for batch in _batches(num_images, max_batch):
+    with cascade.run_lock(spec.name):
+        for batch in _batches(len(requests), max_batch):
+            prompt_embeds, negative_embeds = _embeds_on(cascade, [requests[i].embeds for i in batch])
             output = pipeline(
-                prompt_embeds=_per_image(prompt_embeds, len(batch)),
-                negative_prompt_embeds=_per_image(negative_embeds, len(batch)),
+                prompt_embeds=prompt_embeds,
+                negative_prompt_embeds=negative_embeds,
                 num_inference_steps=steps,
                 guidance_scale=guidance_scale,
                 height=spec.resolution,
                 width=spec.resolution,
-                generator=_generators(seed, batch),
+                generator=_generators([requests[i].seed for i in batch]),
                 # Intermediates stay tensors, as in diffusers' IF recipe: the watermark and the
                 # safety check belong to the final image.
                 output_type="pt",
-                callback=_step_callback(on_progress, batch, num_images, steps),
+                callback=_step_callback(on_progress, batch, len(requests), steps),
                 callback_steps=1,
                 clean_caption=False,
             )
             images.extend(_tensor_to_image(image) for image in output.images)
     return images
-
-
-def run_if_sr(
-    cascade: Cascade,
-    stage_name: str,
-    images: Sequence[PIL.Image.Image],
-    embeds: PromptEmbeds,
-    *,
-    seed: int,
-    steps: int,
-    guidance_scale: float,
-    noise_level: int,
-    max_batch: int = DEFAULT_MAX_BATCH,
-    on_progress: ProgressFn | None = None,
-) -> list[PIL.Image.Image]:
-    """An IF-II stage: upscale the previous stage's images, conditioned on the prompt's embeddings."""
-    spec = _sr_stage(cascade, stage_name, "if_sr")
-    pipeline = cascade.pipeline(spec.name, IFSuperResolutionPipeline)
-
-    # 1. Check inputs
-    _check_sr_inputs(cascade, spec, images, seed, steps, guidance_scale, noise_level, max_batch)
-    _check_embeds(embeds, pipeline.unet.config["encoder_hid_dim"])
-
-    # 2. Put the embeddings where the model is
-    prompt_embeds, negative_embeds = _embeds_on(cascade, embeds)
-
-    # 3. Denoise the images a batch at a time, each from its own seed
-    upscaled: list[PIL.Image.Image] = []
-    with cascade.run_lock:
-        for batch in _batches(len(images), max_batch):
-            output = pipeline(
-                image=[images[index].convert("RGB") for index in batch],
-                prompt_embeds=_per_image(prompt_embeds, len(batch)),
-                negative_prompt_embeds=_per_image(negative_embeds, len(batch)),
-                num_inference_steps=steps,
-                guidance_scale=guidance_scale,
-                noise_level=noise_level,
-                height=spec.resolution,
-                width=spec.resolution,
-                generator=_generators(seed, batch),
-                output_type="pt",
-                callback=_step_callback(on_progress, batch, len(images), steps),
-                callback_steps=1,
-                clean_caption=False,
-            )
-            upscaled.extend(_tensor_to_image(image) for image in output.images)
-    return upscaled
-
-
-def run_sd_upscale(
-    cascade: Cascade,
-    stage_name: str,
-    images: Sequence[PIL.Image.Image],
-    prompt: str,
-    negative_prompt: str | None = None,
-    *,
-    seed: int,
-    steps: int,
-    guidance_scale: float,
-    noise_level: int,
-    max_batch: int = DEFAULT_MAX_BATCH,
-    on_progress: ProgressFn | None = None,
-) -> list[PIL.Image.Image]:
-    """An x4-upscaler stage: upscale the previous stage's images x4; the upscaler encodes the prompt itself."""
-    spec = _sr_stage(cascade, stage_name, "sd_upscale")
-    pipeline = cascade.pipeline(spec.name, StableDiffusionUpscalePipeline)
-
-    # 1. Check inputs
-    _check_sr_inputs(cascade, spec, images, seed, steps, guidance_scale, noise_level, max_batch)
-    check_text("prompt", prompt)
-    if negative_prompt is not None:
-        check_text("negative_prompt", negative_prompt, allow_empty=True)
-
-    # 2. Denoise the images a batch at a time, each from its own seed
-    upscaled: list[PIL.Image.Image] = []
-    with cascade.run_lock, torch.no_grad():
-        # Encoded once, as the pipeline itself would for one image, and repeated for each image of a batch.
-        prompt_embeds, negative_embeds = pipeline.encode_prompt(
-            prompt,
-            torch.device(cascade.device),
-            num_images_per_prompt=1,
-            do_classifier_free_guidance=guidance_scale > 1.0,
-            negative_prompt=negative_prompt,
-        )
-        for batch in _batches(len(images), max_batch):
-            output = pipeline(
-                prompt_embeds=_per_image(prompt_embeds, len(batch)),
-                negative_prompt_embeds=None if negative_embeds is None else _per_image(negative_embeds, len(batch)),
-                image=[images[index].convert("RGB") for index in batch],
-                num_inference_steps=steps,
-                guidance_scale=guidance_scale,
-                noise_level=noise_level,
-                generator=_generators(seed, batch),
-                output_type="pil",
-                callback=_step_callback(on_progress, batch, len(images), steps),
-                callback_steps=1,
-                return_dict=False,
-            )
-            upscaled.extend(output[0])
-    return upscaled
 
 
 def run_sr(
@@ -225,34 +178,133 @@ def run_sr(
     max_batch: int = DEFAULT_MAX_BATCH,
     on_progress: ProgressFn | None = None,
 ) -> list[PIL.Image.Image]:
-    """Run the super-resolution stage called `stage_name`, giving it the conditioning its kind takes."""
-    spec = _sr_stage(cascade, stage_name)
-    if spec.kind == "if_sr":
-        return run_if_sr(
-            cascade,
-            spec.name,
-            images,
-            embeds,
-            seed=seed,
-            steps=steps,
-            guidance_scale=guidance_scale,
-            noise_level=noise_level,
-            max_batch=max_batch,
-            on_progress=on_progress,
-        )
-    return run_sd_upscale(
+    """Run the super-resolution stage called `stage_name` on one prompt's images, image `i` from `seed + i`."""
+    if not isinstance(images, Sequence):
+        raise ValueError(f"images must be a list of images, got {type(images).__name__}")
+    check_int("seed", seed, 0, MAX_SEED)
+    requests = [
+        ImageRequest(embeds, seed + index, image, prompt, negative_prompt) for index, image in enumerate(images)
+    ]
+    return run_sr_batch(
         cascade,
-        spec.name,
-        images,
-        prompt,
-        negative_prompt,
-        seed=seed,
+        stage_name,
+        requests,
         steps=steps,
         guidance_scale=guidance_scale,
         noise_level=noise_level,
         max_batch=max_batch,
         on_progress=on_progress,
     )
+
+
+def run_sr_batch(
+    cascade: Cascade,
+    stage_name: str,
+    requests: Sequence[ImageRequest],
+    *,
+    steps: int,
+    guidance_scale: float,
+    noise_level: int,
+    max_batch: int = DEFAULT_MAX_BATCH,
+    on_progress: ProgressFn | None = None,
+) -> list[PIL.Image.Image]:
+    """The super-resolution stage called `stage_name` for any mix of prompts, images and seeds, in order,
+    giving it the conditioning its kind takes."""
+    spec = _sr_stage(cascade, stage_name)
+    _check_sr_inputs(cascade, spec, requests, steps, guidance_scale, noise_level, max_batch)
+    if spec.kind == "if_sr":
+        return _run_if_sr(cascade, spec, requests, steps, guidance_scale, noise_level, max_batch, on_progress)
+    return _run_sd_upscale(cascade, spec, requests, steps, guidance_scale, noise_level, max_batch, on_progress)
+
+
+def _run_if_sr(
+    cascade: Cascade,
+    spec: StageSpec,
+    requests: Sequence[ImageRequest],
+    steps: int,
+    guidance_scale: float,
+    noise_level: int,
+    max_batch: int,
+    on_progress: ProgressFn | None,
+) -> list[PIL.Image.Image]:
+    """An IF-II stage: upscale each image, conditioned on its prompt's embeddings."""
+    pipeline = cascade.pipeline(spec.name, IFSuperResolutionPipeline)
+    for request in requests:
+        _check_embeds(request.embeds, pipeline.unet.config["encoder_hid_dim"])
+
+    upscaled: list[PIL.Image.Image] = []
+    with cascade.run_lock(spec.name):
+        for batch in _batches(len(requests), max_batch):
+            prompt_embeds, negative_embeds = _embeds_on(cascade, [requests[i].embeds for i in batch])
+            output = pipeline(
+                image=[_low_res(requests[i]) for i in batch],
+                prompt_embeds=prompt_embeds,
+                negative_prompt_embeds=negative_embeds,
+                num_inference_steps=steps,
+                guidance_scale=guidance_scale,
+                noise_level=noise_level,
+                height=spec.resolution,
+                width=spec.resolution,
+                generator=_generators([requests[i].seed for i in batch]),
+                output_type="pt",
+                callback=_step_callback(on_progress, batch, len(requests), steps),
+                callback_steps=1,
+                clean_caption=False,
+            )
+            upscaled.extend(_tensor_to_image(image) for image in output.images)
+    return upscaled
+
+
+def _run_sd_upscale(
+    cascade: Cascade,
+    spec: StageSpec,
+    requests: Sequence[ImageRequest],
+    steps: int,
+    guidance_scale: float,
+    noise_level: int,
+    max_batch: int,
+    on_progress: ProgressFn | None,
+) -> list[PIL.Image.Image]:
+    """An x4-upscaler stage: upscale each image x4; the upscaler encodes each prompt itself."""
+    pipeline = cascade.pipeline(spec.name, StableDiffusionUpscalePipeline)
+    for request in requests:
+        check_text("prompt", request.prompt)
+        if request.negative_prompt is not None:
+            check_text("negative_prompt", request.negative_prompt, allow_empty=True)
+
+    upscaled: list[PIL.Image.Image] = []
+    with cascade.run_lock(spec.name), torch.no_grad():
+        # Each prompt encoded once, as the pipeline itself would for one image, and repeated for its images.
+        guided = guidance_scale > 1.0
+        encoded: dict[tuple[str, str | None], tuple[torch.Tensor, torch.Tensor | None]] = {}
+        for request in requests:
+            pair = (request.prompt, request.negative_prompt)
+            if pair not in encoded:
+                encoded[pair] = pipeline.encode_prompt(
+                    request.prompt,
+                    torch.device(cascade.device),
+                    num_images_per_prompt=1,
+                    do_classifier_free_guidance=guided,
+                    negative_prompt=request.negative_prompt,
+                )
+        for batch in _batches(len(requests), max_batch):
+            pairs = [encoded[(requests[i].prompt, requests[i].negative_prompt)] for i in batch]
+            negatives = [negative for _, negative in pairs]
+            output = pipeline(
+                prompt_embeds=torch.cat([prompt for prompt, _ in pairs]),
+                negative_prompt_embeds=None if None in negatives else torch.cat(negatives),  # type: ignore[arg-type]
+                image=[_low_res(requests[i]) for i in batch],
+                num_inference_steps=steps,
+                guidance_scale=guidance_scale,
+                noise_level=noise_level,
+                generator=_generators([requests[i].seed for i in batch]),
+                output_type="pil",
+                callback=_step_callback(on_progress, batch, len(requests), steps),
+                callback_steps=1,
+                return_dict=False,
+            )
+            upscaled.extend(output[0])
+    return upscaled
 
 
 def run_direct(
@@ -338,8 +390,7 @@ def _sr_stage(cascade: Cascade, stage_name: str, kind: StageKind | None = None) 
 def _check_sr_inputs(
     cascade: Cascade,
     spec: StageSpec,
-    images: Sequence[PIL.Image.Image],
-    seed: int,
+    requests: Sequence[ImageRequest],
     steps: int,
     guidance_scale: float,
     noise_level: int,
@@ -347,11 +398,9 @@ def _check_sr_inputs(
 ) -> None:
     stages = cascade.preset.stages
     source_resolution = stages[stages.index(spec) - 1].resolution
-    if not isinstance(images, Sequence):
-        raise ValueError(f"images must be a list of images, got {type(images).__name__}")
-    if not 1 <= len(images) <= MAX_IMAGES_PER_JOB:
-        raise ValueError(f"images must hold 1 to {MAX_IMAGES_PER_JOB} images, got {len(images)}")
-    for index, image in enumerate(images):
+    _check_requests(requests)
+    for index, request in enumerate(requests):
+        image = request.image
         if not isinstance(image, PIL.Image.Image):
             raise ValueError(f"images[{index}] must be a PIL image, got {type(image).__name__}")
         if image.size != (source_resolution, source_resolution):
@@ -359,17 +408,28 @@ def _check_sr_inputs(
                 f"images[{index}] must be {source_resolution}x{source_resolution} for stage"
                 f" {spec.name}, got {image.size[0]}x{image.size[1]}"
             )
-    check_int("seed", seed, 0, MAX_SEED)
+        check_int("seed", request.seed, 0, MAX_SEED + MAX_IMAGES_PER_JOB)
     check_int("steps", steps, 1, MAX_STEPS)
     check_guidance(guidance_scale)
     check_int("noise_level", noise_level, 0, spec.max_noise_level or 0)
     check_int("max_batch", max_batch, 1, MAX_BATCH)
 
 
-def _embeds_on(cascade: Cascade, embeds: PromptEmbeds) -> tuple[torch.Tensor, torch.Tensor]:
+def _check_requests(requests: Sequence[ImageRequest]) -> None:
+    if not 1 <= len(requests) <= MAX_BATCH:
+        raise ValueError(f"images must hold 1 to {MAX_BATCH} images, got {len(requests)}")
+
+
+def _low_res(request: ImageRequest) -> PIL.Image.Image:
+    assert request.image is not None  # checked by _check_sr_inputs
+    return request.image.convert("RGB")
+
+
+def _embeds_on(cascade: Cascade, embeds: Sequence[PromptEmbeds]) -> tuple[torch.Tensor, torch.Tensor]:
+    """A batch's prompt and negative-prompt embeddings, one row per image, where the model is."""
     return (
-        embeds.prompt_embeds.to(cascade.device, cascade.dtype),
-        embeds.negative_embeds.to(cascade.device, cascade.dtype),
+        torch.cat([e.prompt_embeds for e in embeds]).to(cascade.device, cascade.dtype),
+        torch.cat([e.negative_embeds for e in embeds]).to(cascade.device, cascade.dtype),
     )
 
 
@@ -378,15 +438,10 @@ def _batches(count: int, max_batch: int) -> list[range]:
     return [range(start, min(start + max_batch, count)) for start in range(0, count, max_batch)]
 
 
-def _per_image(embeds: torch.Tensor, count: int) -> torch.Tensor:
-    """One prompt's embeddings, once for each of `count` images (the pipeline doubles them for guidance)."""
-    return embeds.repeat(count, 1, 1)
-
-
-def _generators(seed: int, batch: range) -> list[torch.Generator]:
+def _generators(seeds: Sequence[int]) -> list[torch.Generator]:
     # One CPU generator per image: diffusers draws image i's noise from generator i alone, in the same
     # order as a one-image call would, and a CPU generator draws the same noise on any device.
-    return [torch.Generator(device="cpu").manual_seed(seed + index) for index in batch]
+    return [torch.Generator(device="cpu").manual_seed(seed) for seed in seeds]
 
 
 def _step_callback(

@@ -1,14 +1,13 @@
 """The dispatcher: everything that sends work to the broker, by task name (no model code is imported).
 
-The API and the sweeper send a job's cascade through ``dispatch_job``; job events send webhook
-deliveries through ``enqueue_delivery``; a search sends its query through ``send_query_embedding``.
+The API and the sweeper send a job through ``dispatch_job`` (its first unfinished stage), and the run that
+completes a stage sends its job on through ``send_on``; job events send webhook deliveries through
+``enqueue_delivery``; a search sends its query through ``send_query_embedding``.
 """
 
 import logging
 import uuid
-from collections.abc import Sequence
 
-from celery import chain
 from celery.canvas import Signature
 from celery.result import AsyncResult
 from kombu.exceptions import KombuError
@@ -30,53 +29,53 @@ _PUBLISH_RETRY = {"max_retries": 2, "interval_start": 0.1, "interval_step": 0.2,
 _SEND_ERRORS = (KombuError, RedisError, OSError)
 
 
-def cascade_chain(job_id: uuid.UUID, stages: Sequence[str], *, preset: str, seq: int, priority: int) -> Signature:
-    """The chain of immutable signatures that runs ``stages`` of a job of ``preset``, then finalizes it.
+def stage_signature(job_id: uuid.UUID, stage: str | None, *, preset: str, seq: int, priority: int) -> Signature:
+    """The immutable signature of one stage of a job of ``preset`` (``None``: finalizing the job).
 
-    Sent by name, the signatures would not know the tasks' ``ignore_result`` and Celery would subscribe
-    to each result as it publishes: with Redis down, a submission would then wait out the result
-    backend's reconnects and fail, where it should record the job and answer at once.
+    A job is sent one stage at a time: the run that completes a stage sends the next (see
+    ``workers.lifecycle``), so a run that completed several jobs' stages in one batch sends each job on.
+    Sent by name, a signature would not know the task's ``ignore_result`` and Celery would subscribe to its
+    result as it publishes: with Redis down, a submission would then wait out the result backend's
+    reconnects and fail, where it should record the job and answer at once.
     """
-    redis_priority = 9 - priority  # the API's 9 runs first; Redis serves 0 first
-    preset_spec = get_preset(preset)
-    steps = [(*stage_task(preset_spec, name), name) for name in stages]
-    steps.append((FINALIZE_TASK, TASK_QUEUES[FINALIZE_TASK], "finalize"))
-    signatures = [
-        app.signature(
-            task,
-            args=(str(job_id), name, seq),
-            immutable=True,
-            queue=queue,
-            priority=redis_priority,
-            ignore_result=True,
-        )
-        for task, queue, name in steps
-    ]
-    return chain(*signatures)
+    if stage is None:
+        task, queue, name = FINALIZE_TASK, TASK_QUEUES[FINALIZE_TASK], "finalize"
+    else:
+        (task, queue), name = stage_task(get_preset(preset), stage), stage
+    return app.signature(
+        task,
+        args=(str(job_id), name, seq),
+        immutable=True,
+        queue=queue,
+        priority=9 - priority,  # the API's 9 runs first; Redis serves 0 first
+        ignore_result=True,
+    )
 
 
-def enqueue_cascade(job_id: uuid.UUID, stages: Sequence[str], *, preset: str, seq: int, priority: int) -> bool:
-    """Send the chain to the broker; False (logged) when the broker cannot be reached."""
-    signature = cascade_chain(job_id, stages, preset=preset, seq=seq, priority=priority)
+def enqueue_stage(
+    job_id: uuid.UUID, stage: str | None, *, preset: str, seq: int, priority: int, countdown: float = 0
+) -> bool:
+    """Send one stage of a job (``None``: finalize it) to the broker; False (logged) when it cannot be reached."""
+    signature = stage_signature(job_id, stage, preset=preset, seq=seq, priority=priority)
     try:
-        signature.apply_async(retry=True, retry_policy=_PUBLISH_RETRY)
+        signature.apply_async(countdown=countdown or None, retry=True, retry_policy=_PUBLISH_RETRY)
     except _SEND_ERRORS as exc:
-        log.warning("could not enqueue job %s (generation %d): %s; the sweeper will", job_id, seq, exc)
+        log.warning("could not enqueue %s of job %s (generation %d): %s; the sweeper will", stage, job_id, seq, exc)
         return False
     return True
 
 
 def dispatch_job(session: Session, job: Job) -> bool:
-    """Send a committed job's remaining stages (of its current generation) and record that they got there;
-    commits. False when the broker is down: the job stays committed and undispatched, for the sweeper."""
+    """Send a committed job's first unfinished stage (of its current generation) and record that it got
+    there; commits. False when the broker is down: the job stays committed and undispatched, for the sweeper."""
     first = job_queries.first_unfinished_stage(job)
-    stages = [s.name for s in job.stages[first.position :]] if first is not None else []
+    stage = first.name if first is not None else None
     seq = job.dispatch_seq
-    if not enqueue_cascade(job.id, stages, preset=job.preset, seq=seq, priority=job.priority):
+    if not enqueue_stage(job.id, stage, preset=job.preset, seq=seq, priority=job.priority):
         return False
     job_queries.mark_dispatched(session, job_id=job.id, seq=seq)
     session.commit()
-    log.info("job %s sent from %s (generation %d)", job.id, stages[0] if stages else "finalize", seq)
+    log.info("job %s sent from %s (generation %d)", job.id, stage or "finalize", seq)
     return True
 
 
@@ -89,15 +88,31 @@ def dispatch_new_job(session: Session, job: Job) -> bool:
     never lost.
     """
     seq = job.dispatch_seq
-    if enqueue_cascade(job.id, [s.name for s in job.stages], preset=job.preset, seq=seq, priority=job.priority):
+    if enqueue_stage(job.id, job.stages[0].name, preset=job.preset, seq=seq, priority=job.priority):
         return True
+    _take_back_dispatch(session, job.id, seq)
+    return False
+
+
+def send_on(session: Session, job_id: uuid.UUID, stage: str | None, *, preset: str, seq: int, priority: int) -> bool:
+    """Send a job on to ``stage`` (``None``: finalize it) once the stage before it completed, committed.
+
+    When the broker cannot be reached the record of dispatch is taken back, so the sweeper sends the job
+    again within seconds; should that fail too, the sweep for stranded jobs does, later.
+    """
+    if enqueue_stage(job_id, stage, preset=preset, seq=seq, priority=priority):
+        return True
+    _take_back_dispatch(session, job_id, seq)
+    return False
+
+
+def _take_back_dispatch(session: Session, job_id: uuid.UUID, seq: int) -> None:
     try:
-        job_queries.unmark_dispatched(session, job_id=job.id, seq=seq)
+        job_queries.unmark_dispatched(session, job_id=job_id, seq=seq)
         session.commit()
     except SQLAlchemyError as exc:
         session.rollback()
-        log.warning("job %s stays marked as sent (%s); the sweep for stranded jobs will send it", job.id, exc)
-    return False
+        log.warning("job %s stays marked as sent (%s); the sweep for stranded jobs will send it", job_id, exc)
 
 
 def enqueue_delivery(event_id: uuid.UUID | str, countdown: float = 0) -> bool:

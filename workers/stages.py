@@ -7,7 +7,6 @@ torch.
 
 import hashlib
 import io
-from pathlib import Path
 from typing import Any
 
 from core.config import get_settings
@@ -27,100 +26,123 @@ from storage.keys import embeddings_key, image_key
 from workers.lifecycle import StageRun, progress_reporter
 
 
-def load_cascade(preset: str, models_dir: Path) -> object:
-    from workers.pipelines import get_cascade
+def load_stage_models(preset: str, stage: str) -> Any:
+    """The part of the preset's cascade that ``stage`` runs (the text encoder, or the stage's pipeline),
+    loaded on first use: a worker holds only the parts of the stages it was sent."""
+    from workers.pipelines import TEXT_ENCODER, get_cascade
 
-    return get_cascade(preset, models_dir)
+    spec = get_preset(preset)
+    part = TEXT_ENCODER if stage == ENCODE_TEXT else stage
+    if part != TEXT_ENCODER and part not in {s.name for s in spec.stages}:
+        return None  # not a stage of this preset: the run fails with a clear error once claimed
+    return get_cascade(preset, get_settings().resolved_models_dir, parts=[part])
 
 
-def load_captioner(preset: str, models_dir: Path) -> object:
+def load_captioner(preset: str, stage: str = "") -> Any:
     from workers.vision_models import get_captioner
 
-    return get_captioner(preset, models_dir)
+    return get_captioner(preset, get_settings().resolved_models_dir)
 
 
-def load_embedder(preset: str, models_dir: Path) -> object:
+def load_embedder(preset: str, stage: str = "") -> Any:
     from workers.vision_models import get_embedder
 
-    return get_embedder(preset, models_dir)
+    return get_embedder(preset, get_settings().resolved_models_dir)
 
 
-def encode_text(run: StageRun) -> None:
-    """Encode the prompt (and the negative prompt) once; stages I and II read the embeddings back."""
+def encode_text(runs: list[StageRun]) -> None:
+    """Encode each job's prompt (and negative prompt) once, the batch's prompts together; stages I and II
+    read the embeddings back."""
     from workers import cascade, stage_outputs
 
-    spec = _generate_spec(run)
-    key = embeddings_key(run.job_id)
-    stored = _stored_by_earlier_attempt([key])
-    if stored is not None:
-        data = stored[0]
-    else:
-        pipes: Any = load_cascade(run.preset, get_settings().resolved_models_dir)
-        data = stage_outputs.embeds_to_bytes(cascade.encode_prompt(pipes, spec.prompt, spec.negative_prompt))
-        process_store().put(key, data, "application/octet-stream")
-    report = progress_reporter(run)
-    _record(run, 0, key, data, "application/octet-stream")
-    run.outputs.append({"index": 0, "key": key})
-    report(1.0)
+    todo: list[StageRun] = []
+    for run in runs:
+        key = embeddings_key(run.job_id)
+        stored = _stored_by_earlier_attempt([key])
+        if stored is None:
+            todo.append(run)
+        else:
+            _record_embeddings(run, key, stored[0])
+    if todo:
+        pipes = load_stage_models(todo[0].preset, ENCODE_TEXT)
+        specs = [_generate_spec(run) for run in todo]
+        pairs = [(spec.prompt, spec.negative_prompt) for spec in specs]
+        for run, embeds in zip(todo, cascade.encode_prompts(pipes, pairs, max_batch=len(pairs)), strict=True):
+            key, data = embeddings_key(run.job_id), stage_outputs.embeds_to_bytes(embeds)
+            process_store().put(key, data, "application/octet-stream")
+            _record_embeddings(run, key, data)
+    progress_reporter(*runs)(1.0)
 
 
-def base(run: StageRun) -> None:
-    """Stage I: the job's images at the base resolution, each from its own seed."""
+def base(runs: list[StageRun]) -> None:
+    """Stage I: each job's images at the base resolution, each image from its own seed, in shared passes."""
     from workers import cascade
 
-    if _reuse_stored_images(run):
+    todo = [run for run in runs if not _reuse_stored_images(run)]
+    if not todo:
         return
-    spec, params, pipes, embeds = _cascade_inputs(run, base=True)
-    images = cascade.run_base(
+    params, pipes = _cascade_inputs(todo, base=True)
+    requests = [
+        cascade.ImageRequest(_embeddings(run), spec.image_seed(index))
+        for run, spec in ((run, _generate_spec(run)) for run in todo)
+        for index in range(spec.num_images)
+    ]
+    images = cascade.run_base_batch(
         pipes,
-        embeds,
-        num_images=spec.num_images,
-        seed=spec.seed,
+        requests,
         steps=params.steps,
         guidance_scale=params.guidance_scale,
         max_batch=get_settings().max_batch,
-        on_progress=progress_reporter(run),
+        on_progress=progress_reporter(*todo),
     )
-    _store_pngs(run, images, spec)
+    _store_images(todo, images)
 
 
-def super_resolve(run: StageRun) -> None:
-    """A super-resolution stage: the previous stage's images upscaled, conditioned on the text."""
+def super_resolve(runs: list[StageRun]) -> None:
+    """A super-resolution stage: each job's previous images upscaled, conditioned on its text, in shared
+    passes."""
     from workers import cascade, stage_outputs
 
-    if _reuse_stored_images(run):
+    todo = [run for run in runs if not _reuse_stored_images(run)]
+    if not todo:
         return
-    spec, params, pipes, embeds = _cascade_inputs(run, base=False)
-    if run.previous_stage is None or run.previous_stage == ENCODE_TEXT:
-        raise ValueError(f"stage {run.stage} needs an image stage before it, got {run.previous_stage!r}")
+    params, pipes = _cascade_inputs(todo, base=False)
     assert params.noise_level is not None  # every super-resolution stage's is resolved at submission
     store = process_store()
-    low_res = [
-        stage_outputs.png_to_image(store.get(image_key(run.job_id, run.previous_stage, i)))
-        for i in range(spec.num_images)
-    ]
-    images = cascade.run_sr(
+    requests: list[Any] = []
+    for run in todo:
+        spec = _generate_spec(run)
+        if run.previous_stage is None or run.previous_stage == ENCODE_TEXT:
+            raise ValueError(f"stage {run.stage} needs an image stage before it, got {run.previous_stage!r}")
+        embeds = _embeddings(run)
+        for index in range(spec.num_images):
+            low_res = stage_outputs.png_to_image(store.get(image_key(run.job_id, run.previous_stage, index)))
+            requests.append(
+                cascade.ImageRequest(embeds, spec.image_seed(index), low_res, spec.prompt, spec.negative_prompt)
+            )
+    images = cascade.run_sr_batch(
         pipes,
-        run.stage,
-        low_res,
-        embeds,
-        spec.prompt,
-        spec.negative_prompt,
-        seed=spec.seed,
+        todo[0].stage,
+        requests,
         steps=params.steps,
         guidance_scale=params.guidance_scale,
         noise_level=params.noise_level,
         max_batch=get_settings().max_batch,
-        on_progress=progress_reporter(run),
+        on_progress=progress_reporter(*todo),
     )
-    _store_pngs(run, images, spec)
+    _store_images(todo, images)
 
 
-def caption(run: StageRun) -> None:
-    """Describe the job's image, or a generate job's final images, in words."""
+def caption(runs: list[StageRun]) -> None:
+    """Describe each job's image, or a generate job's final images, in words."""
+    for run in runs:
+        _caption(run)
+
+
+def _caption(run: StageRun) -> None:
     from workers.captioning import caption_images
 
-    captioner: Any = load_captioner(run.preset, get_settings().resolved_models_dir)
+    captioner = load_captioner(run.preset)
     report = progress_reporter(run)
     tokens, beams = DEFAULT_MAX_NEW_TOKENS, DEFAULT_NUM_BEAMS
     if isinstance(run.spec, CaptionSpec):
@@ -130,12 +152,17 @@ def caption(run: StageRun) -> None:
     report(1.0)
 
 
-def embed(run: StageRun) -> None:
-    """Add the job's image, or a generate job's final images, to the tenant's index."""
+def embed(runs: list[StageRun]) -> None:
+    """Add each job's image, or a generate job's final images, to the tenant's index."""
+    for run in runs:
+        _embed(run)
+
+
+def _embed(run: StageRun) -> None:
     from db.search import ensure_vector_index, upsert_embedding
     from workers.embedding import embed_images, embed_texts
 
-    embedder: Any = load_embedder(run.preset, get_settings().resolved_models_dir)
+    embedder = load_embedder(run.preset)
     report = progress_reporter(run)
     keys = _final_image_keys(run)
     vectors = embed_images(embedder, read_images(keys))
@@ -172,7 +199,7 @@ def embed_query(preset: str, text: str | None, image_key: str | None) -> dict[st
     """A search query's vector: ``{"model", "vector"}``."""
     from workers.embedding import embed_images, embed_texts
 
-    embedder: Any = load_embedder(preset, get_settings().resolved_models_dir)
+    embedder = load_embedder(preset)
     if text is not None:
         vector = embed_texts(embedder, [text])[0]
     elif image_key is not None:
@@ -207,21 +234,42 @@ def _final_image_keys(run: StageRun) -> list[str]:
     return [image_key(run.job_id, final.name, i) for i in range(run.spec.num_images)]
 
 
-def _cascade_inputs(run: StageRun, *, base: bool) -> tuple[GenerateSpec, StageParams, Any, Any]:
-    """A cascade stage's job input, its parameters, the resident cascade and the prompt's embeddings.
+def _cascade_inputs(runs: list[StageRun], *, base: bool) -> tuple[StageParams, Any]:
+    """The parameters the runs of a cascade stage share, and the resident pipeline of their stage.
 
-    The stage's task follows from its kind in the job's preset: a message for another kind is a mistake.
+    The stage's task follows from its kind in the job's preset: a message for another kind is a mistake,
+    as is a batch of runs that do not share a stage, a preset and parameters.
     """
-    from workers import stage_outputs
-
-    spec = _generate_spec(run)
-    stage = get_preset(run.preset).stage(run.stage)
+    first = runs[0]
+    stage = get_preset(first.preset).stage(first.stage)
     if stage.is_base != base:
         task = "base" if base else "super-resolution"
-        raise ValueError(f"stage {run.stage} of preset {run.preset!r} is of kind {stage.kind!r}, not a {task} stage")
-    pipes = load_cascade(run.preset, get_settings().resolved_models_dir)
-    embeds = stage_outputs.embeds_from_bytes(process_store().get(embeddings_key(run.job_id)))
-    return spec, spec.stages[run.stage], pipes, embeds
+        raise ValueError(
+            f"stage {first.stage} of preset {first.preset!r} is of kind {stage.kind!r}, not a {task} stage"
+        )
+    params = _generate_spec(first).stages[first.stage]
+    for run in runs[1:]:
+        if (run.preset, run.stage, _generate_spec(run).stages[run.stage]) != (first.preset, first.stage, params):
+            raise ValueError(f"job {run.job_id} cannot share a pass of {first.stage} with job {first.job_id}")
+    return params, load_stage_models(first.preset, first.stage)
+
+
+def _embeddings(run: StageRun) -> Any:
+    """The job's prompt embeddings, as the text encoder stage stored them."""
+    from workers import stage_outputs
+
+    return stage_outputs.embeds_from_bytes(process_store().get(embeddings_key(run.job_id)))
+
+
+def _store_images(runs: list[StageRun], images: list[Any]) -> None:
+    """Store a batch's images, each run's in order; a run canceled while the batch ran stores nothing."""
+    offset = 0
+    for run in runs:
+        spec = _generate_spec(run)
+        own = images[offset : offset + spec.num_images]
+        offset += spec.num_images
+        if not run.canceled:
+            _store_pngs(run, own, spec)
 
 
 def _store_pngs(run: StageRun, images: list[Any], spec: GenerateSpec) -> None:
@@ -233,6 +281,11 @@ def _store_pngs(run: StageRun, images: list[Any], spec: GenerateSpec) -> None:
         key = image_key(run.job_id, run.stage, index)
         process_store().put(key, png, "image/png")
         _add_image(run, spec, index, key, png, width=image.width, height=image.height)
+
+
+def _record_embeddings(run: StageRun, key: str, data: bytes) -> None:
+    _record(run, 0, key, data, "application/octet-stream")
+    run.outputs.append({"index": 0, "key": key})
 
 
 def _stored_by_earlier_attempt(keys: list[str]) -> list[bytes] | None:

@@ -1,8 +1,9 @@
 """The Celery tasks, registered by name: each one only hands its arguments to the code that does the work.
 
-Stage tasks take ``(job_id, stage, seq)``: ids only, never tensors or rows (see ``lifecycle``). Stages are
-retried by hand (``self.retry``) on transient errors only; a message redelivered after a worker loss is
-counted by the attempts column, not by Celery.
+Stage tasks take ``(job_id, stage, seq)``: ids only, never tensors or rows (see ``lifecycle``). The text
+encoder and the denoising stages run in batches across jobs (``batch=True``). Stages are retried by hand
+(``self.retry``) on transient errors only; a message redelivered after a worker loss is counted by the
+attempts column, not by Celery.
 """
 
 import uuid
@@ -33,19 +34,19 @@ _STAGE_OPTIONS: dict[str, Any] = {"bind": True, "max_retries": None, "acks_late"
 @app.task(name=ENCODE_TEXT_TASK, **_STAGE_OPTIONS)
 def encode_text(self: Task, job_id: str, stage: str, seq: int) -> None:
     """Encode the prompt once with the frozen text encoder; later stages reuse the embeddings."""
-    run_stage(self, job_id, stage, seq, stages.encode_text, stages.load_cascade)
+    run_stage(self, job_id, stage, seq, stages.encode_text, stages.load_stage_models, batch=True)
 
 
 @app.task(name=BASE_TASK, **_STAGE_OPTIONS)
 def base(self: Task, job_id: str, stage: str, seq: int) -> None:
     """Stage I: text-conditional diffusion at the preset's base resolution."""
-    run_stage(self, job_id, stage, seq, stages.base, stages.load_cascade)
+    run_stage(self, job_id, stage, seq, stages.base, stages.load_stage_models, batch=True)
 
 
 @app.task(name=SR_TASK, **_STAGE_OPTIONS)
 def super_resolution(self: Task, job_id: str, stage: str, seq: int) -> None:
     """A super-resolution stage of any kind and resolution, conditioned on the previous image and the text."""
-    run_stage(self, job_id, stage, seq, stages.super_resolve, stages.load_cascade)
+    run_stage(self, job_id, stage, seq, stages.super_resolve, stages.load_stage_models, batch=True)
 
 
 @app.task(name=CAPTION_TASK, **_STAGE_OPTIONS)

@@ -214,11 +214,94 @@ def test_a_batched_toy_image_stays_within_a_few_levels_of_its_unbatched_self(tmp
     batched = stages.run_base(toy, toy_embeds, **base, max_batch=3)
     # Stage II from the same inputs either way, so its own drift is measured, not stage I's carried over.
     sr: dict[str, Any] = {"seed": SEED, "steps": 3, "guidance_scale": 1.0, "noise_level": 100}
-    alone_sr = stages.run_if_sr(toy, "sr_128", alone, toy_embeds, **sr, max_batch=1)
-    batched_sr = stages.run_if_sr(toy, "sr_128", alone, toy_embeds, **sr, max_batch=3)
+    alone_sr = stages.run_sr(toy, "sr_128", alone, toy_embeds, "a red circle on the left", None, **sr, max_batch=1)
+    batched_sr = stages.run_sr(toy, "sr_128", alone, toy_embeds, "a red circle on the left", None, **sr, max_batch=3)
     pairs = [*zip(alone, batched, strict=True), *zip(alone_sr, batched_sr, strict=True)]
     differences = [_max_pixel_difference(a, b) for a, b in pairs]
     assert max(differences) <= BATCH_DRIFT_BOUND, differences
+
+
+OTHER_PROMPT = "a lighthouse at dusk"
+
+
+def _mixed_batch(stage: str, cascade: Cascade, max_batch: int) -> list[PIL.Image.Image]:
+    """Two jobs' images in one call: two of PROMPT (seeds SEED, SEED+1), one of OTHER_PROMPT (seed 7)."""
+    first, second = stages.encode_prompts(cascade, [(PROMPT, NEGATIVE), (OTHER_PROMPT, None)])
+    images = _inputs(stage, 3)
+    requests = [
+        stages.ImageRequest(first, SEED, images[0], PROMPT, NEGATIVE),
+        stages.ImageRequest(first, SEED + 1, images[1], PROMPT, NEGATIVE),
+        stages.ImageRequest(second, 7, images[2], OTHER_PROMPT, None),
+    ]
+    if stage == "base_64":
+        return stages.run_base_batch(cascade, requests, steps=2, guidance_scale=7.0, max_batch=max_batch)
+    return stages.run_sr_batch(
+        cascade, stage, requests, steps=2, guidance_scale=4.0, noise_level=100, max_batch=max_batch
+    )
+
+
+def _each_job_alone(stage: str, cascade: Cascade) -> list[PIL.Image.Image]:
+    """The same three images as ``_mixed_batch``, each job's run on its own, one image per pass."""
+    images = _inputs(stage, 3)
+    first = _run_stage(
+        stage, cascade, stages.encode_prompt(cascade, PROMPT, NEGATIVE), None, images=images[:2], steps=2, max_batch=1
+    )
+    other = stages.encode_prompt(cascade, OTHER_PROMPT)
+    if stage == "base_64":
+        second = stages.run_base(cascade, other, num_images=1, seed=7, steps=2, guidance_scale=7.0, max_batch=1)
+    else:
+        second = stages.run_sr(
+            cascade,
+            stage,
+            images[2:],
+            other,
+            OTHER_PROMPT,
+            None,
+            seed=7,
+            steps=2,
+            guidance_scale=4.0,
+            noise_level=100,
+            max_batch=1,
+        )
+    return [*first, *second]
+
+
+@pytest.mark.parametrize("stage", ["base_64", "sr_256", "sr_1024"])
+def test_jobs_sharing_a_pass_each_get_the_images_they_would_get_alone(stage: str, cascade: Cascade) -> None:
+    alone = _each_job_alone(stage, cascade)
+    # One image per pass: byte for byte what each job's own run makes.
+    assert [stage_outputs.image_to_png(i) for i in _mixed_batch(stage, cascade, max_batch=1)] == [
+        stage_outputs.image_to_png(i) for i in alone
+    ]
+    # One pass for all three: each image within the batching drift of its own, and none taken for another.
+    batched = _mixed_batch(stage, cascade, max_batch=3)
+    differences = [_max_pixel_difference(a, b) for a, b in zip(alone, batched, strict=True)]
+    assert max(differences) <= BATCH_DRIFT_BOUND, differences
+    assert len({stage_outputs.image_to_png(image) for image in batched}) == 3
+
+
+def test_prompts_encoded_together_match_each_encoded_alone(cascade: Cascade) -> None:
+    pairs = [(PROMPT, NEGATIVE), (OTHER_PROMPT, None), ("a red cube", "")]
+    together = stages.encode_prompts(cascade, pairs)
+    alone = [stages.encode_prompt(cascade, prompt, negative) for prompt, negative in pairs]
+    for batched, single in zip(together, alone, strict=True):
+        assert batched.prompt_embeds.shape == single.prompt_embeds.shape == (1, 77, single.prompt_embeds.shape[-1])
+        torch.testing.assert_close(batched.prompt_embeds, single.prompt_embeds, atol=1e-5, rtol=1e-4)
+        torch.testing.assert_close(batched.negative_embeds, single.negative_embeds, atol=1e-5, rtol=1e-4)
+    # No negative prompt is the empty one, as in the pipeline.
+    torch.testing.assert_close(together[1].negative_embeds, together[2].negative_embeds, atol=1e-5, rtol=1e-4)
+
+
+def test_a_part_holds_only_its_own_model(models_dir: Path) -> None:
+    text = load_cascade(get_preset("tiny"), models_dir, parts=["text_encoder"])
+    assert text.text_encoder.unet is None and text.text_encoder.text_encoder is not None
+    with pytest.raises(KeyError, match="base_64"):
+        text.base  # noqa: B018
+    sr = load_cascade(get_preset("tiny"), models_dir, parts=["sr_256", "sr_1024"])
+    assert sr.pipeline("sr_256", IFSuperResolutionPipeline).text_encoder is None
+    # The x4 upscaler encodes its own prompts with its own text encoder.
+    assert sr.pipeline("sr_1024", StableDiffusionUpscalePipeline).text_encoder is not None
+    assert set(sr.parts) == {"sr_256", "sr_1024"}
 
 
 def _inputs(stage: str, count: int) -> list[PIL.Image.Image]:
@@ -349,7 +432,7 @@ _SR: dict[str, Any] = {"seed": 0, "steps": 2, "guidance_scale": 4.0, "noise_leve
         (lambda c, e: stages.run_base(c, e, **{**_BASE, "steps": 2.5}), "steps"),
         (lambda c, e: stages.run_base(c, e, **{**_BASE, "guidance_scale": -1.0}), "guidance_scale"),
         (lambda c, e: stages.run_base(c, e, **_BASE, max_batch=0), "max_batch"),
-        (lambda c, e: stages.run_if_sr(c, "sr_256", _small(64), e, **_SR, max_batch=65), "max_batch"),
+        (lambda c, e: stages.run_sr(c, "sr_256", _small(64), e, PROMPT, None, **_SR, max_batch=65), "max_batch"),
         (
             lambda c, e: stages.run_base(c, e, **{**_BASE, "guidance_scale": float("nan")}),
             "guidance_scale",
@@ -358,17 +441,19 @@ _SR: dict[str, Any] = {"seed": 0, "steps": 2, "guidance_scale": 4.0, "noise_leve
             lambda c, e: stages.run_base(c, PromptEmbeds(torch.zeros(1, 77, 5), torch.zeros(1, 77, 5)), **_BASE),
             "embeds",
         ),
-        (lambda c, e: stages.run_if_sr(c, "sr_256", _small(32), e, **_SR), "images[0]"),
-        (lambda c, e: stages.run_if_sr(c, "sr_256", [], e, **_SR), "images"),
-        (lambda c, e: stages.run_if_sr(c, "sr_256", _small(64), e, **{**_SR, "noise_level": 1000}), "noise_level"),
+        (lambda c, e: stages.run_sr(c, "sr_256", _small(32), e, PROMPT, None, **_SR), "images[0]"),
+        (lambda c, e: stages.run_sr(c, "sr_256", [], e, PROMPT, None, **_SR), "images"),
         (
-            lambda c, e: stages.run_sd_upscale(c, "sr_1024", _small(256), PROMPT, **{**_SR, "noise_level": 351}),
+            lambda c, e: stages.run_sr(c, "sr_256", _small(64), e, PROMPT, None, **{**_SR, "noise_level": 1000}),
             "noise_level",
         ),
-        (lambda c, e: stages.run_sd_upscale(c, "sr_1024", _small(64), PROMPT, **_SR), "images[0]"),
-        (lambda c, e: stages.run_sd_upscale(c, "sr_1024", _small(256), "", **_SR), "prompt"),
+        (
+            lambda c, e: stages.run_sr(c, "sr_1024", _small(256), e, PROMPT, None, **{**_SR, "noise_level": 351}),
+            "noise_level",
+        ),
+        (lambda c, e: stages.run_sr(c, "sr_1024", _small(64), e, PROMPT, None, **_SR), "images[0]"),
+        (lambda c, e: stages.run_sr(c, "sr_1024", _small(256), e, "", None, **_SR), "prompt"),
         (lambda c, e: stages.run_sr(c, "sr_512", _small(64), e, PROMPT, None, **_SR), "stage_name"),
-        (lambda c, e: stages.run_if_sr(c, "sr_1024", _small(256), e, **_SR), "stage_name"),
         (lambda c, e: stages.run_sr(c, "base_64", _small(64), e, PROMPT, None, **_SR), "stage_name"),
         (
             lambda c, e: stages.run_direct(c, PROMPT, num_images=1, seed=0, resolution=512),

@@ -50,14 +50,20 @@ def test_stage_kinds_decide_tasks_and_queues() -> None:
             assert stage_task(preset, spec.name) == ("imagen.sr", "sr")
 
 
-def test_the_chain_runs_the_presets_stages_then_finalizes(dispatch: ModuleType) -> None:
-    chain = dispatch.cascade_chain(uuid.uuid4(), ["encode_text", "base_32", "sr_128"], preset="toy", seq=1, priority=5)
-    assert [(t.task, t.options["queue"], t.args[1]) for t in chain.tasks] == [
-        ("imagen.encode_text", "text", "encode_text"),
-        ("imagen.base", "base", "base_32"),
-        ("imagen.sr", "sr", "sr_128"),
-        ("imagen.finalize", "control", "finalize"),
+def test_each_stage_is_sent_to_its_task_and_queue_and_none_finalizes(dispatch: ModuleType) -> None:
+    job_id = uuid.uuid4()
+    signatures = [
+        dispatch.stage_signature(job_id, stage, preset="toy", seq=3, priority=7)
+        for stage in ("encode_text", "base_32", "sr_128", None)
     ]
+    assert [(s.task, s.options["queue"], s.args) for s in signatures] == [
+        ("imagen.encode_text", "text", (str(job_id), "encode_text", 3)),
+        ("imagen.base", "base", (str(job_id), "base_32", 3)),
+        ("imagen.sr", "sr", (str(job_id), "sr_128", 3)),
+        ("imagen.finalize", "control", (str(job_id), "finalize", 3)),
+    ]
+    # The API's priority 9 runs first; Redis serves 0 first.
+    assert {s.options["priority"] for s in signatures} == {2}
 
 
 def test_a_stage_of_another_preset_has_no_task() -> None:
