@@ -94,7 +94,12 @@ def _prepare_models(base: Settings) -> str:
     return name
 
 
-def run_embedded(host: str, port: int) -> int:
+# With --stage-workers: the cascade split in two model workers, so that stage II of one job runs while
+# stage I of the next does (on one GPU each, in production; see docs/gpu-layout.md).
+STAGE_WORKERS = {"worker-text-base": ("text", "base"), "worker-sr": ("sr", "caption", "embed")}
+
+
+def run_embedded(host: str, port: int, *, stage_workers: bool = False) -> int:
     """Start everything, print the address and the admin key, and run until interrupted."""
     from cli.services import RedisServer, postgres_data_dir, start_postgres
     from core.preset_files import ModelsNotFoundError
@@ -140,11 +145,20 @@ def run_embedded(host: str, port: int) -> int:
 
     supervisor = Supervisor(env, logs)
     supervisor.start("api", ["api", "--host", host, "--port", str(port)])
-    # One model worker (as on one GPU), one for control tasks, and one for webhook deliveries: a slow
-    # receiver holds up neither a model stage nor any job's completion. Distinct node names: two workers
-    # called celery@host would answer the broker as one.
-    model = ["--pool", "solo", "--queues", ",".join(MODEL_QUEUES)]
-    supervisor.start("worker", ["worker", *model, "--hostname", "model@%h"])
+    # One model worker (as on one GPU) or two (--stage-workers), one for control tasks, and one for webhook
+    # deliveries: a slow receiver holds up neither a model stage nor any job's completion. Distinct node
+    # names: two workers called celery@host would answer the broker as one.
+    if stage_workers:
+        # Each worker holds only its stages' models. On a CPU they share its cores, half each.
+        threads = (
+            {} if "IMAGEN_TORCH_THREADS" in env else {"IMAGEN_TORCH_THREADS": str(max(1, (os.cpu_count() or 2) // 2))}
+        )
+        for name, queues in STAGE_WORKERS.items():
+            model = ["--pool", "solo", "--queues", ",".join(queues)]
+            supervisor.start(name, ["worker", *model, "--hostname", f"{name}@%h"], env=threads)
+    else:
+        model = ["--pool", "solo", "--queues", ",".join(MODEL_QUEUES)]
+        supervisor.start("worker", ["worker", *model, "--hostname", "model@%h"])
     control = ["--pool", "threads", "--concurrency", "4", "--queues", ",".join(CONTROL_QUEUES)]
     supervisor.start("control-worker", ["worker", *control, "--hostname", "control@%h"])
     webhooks = ["--pool", "threads", "--concurrency", str(settings.webhook_concurrency)]

@@ -35,6 +35,12 @@ def build_parser() -> argparse.ArgumentParser:
     up = sub.add_parser("up", help="run everything on this machine (embedded Postgres, Redis, API, worker)")
     up.add_argument("--host", default="127.0.0.1")
     up.add_argument("--port", type=int, default=8000)
+    up.add_argument(
+        "--stage-workers",
+        action="store_true",
+        help="two model workers, text+base and sr+caption+embed, each holding only its stages' models:"
+        " stage II of one job runs while stage I of the next does",
+    )
     up.set_defaults(func=cmd_up)
 
     api = sub.add_parser("api", help="serve the HTTP API")

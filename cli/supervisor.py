@@ -26,6 +26,8 @@ class Child:
 
     name: str
     args: Sequence[str]
+    # Settings of this child's own, on top of the supervisor's environment.
+    env: dict[str, str] = field(default_factory=dict)
     process: "subprocess.Popen[bytes] | None" = None
     started_at: float = 0.0
     restarts: int = 0
@@ -42,9 +44,9 @@ class Supervisor:
         self.logs = logs
         self.children: list[Child] = []
 
-    def start(self, name: str, args: Sequence[str]) -> Child:
-        """Start ``imagen-queue <args>`` as the child called ``name``."""
-        child = Child(name, args)
+    def start(self, name: str, args: Sequence[str], env: dict[str, str] | None = None) -> Child:
+        """Start ``imagen-queue <args>`` as the child called ``name``, with ``env`` added to the environment."""
+        child = Child(name, args, dict(env or {}))
         self._spawn(child)
         self.children.append(child)
         return child
@@ -92,6 +94,9 @@ class Supervisor:
     def _spawn(self, child: Child) -> None:
         with open(self.logs / f"{child.name}.log", "ab") as output:  # the child keeps its own descriptor
             child.process = subprocess.Popen(
-                [sys.executable, "-m", "cli.main", *child.args], env=self.env, stdout=output, stderr=subprocess.STDOUT
+                [sys.executable, "-m", "cli.main", *child.args],
+                env={**self.env, **child.env},
+                stdout=output,
+                stderr=subprocess.STDOUT,
             )
         child.started_at = time.monotonic()

@@ -7,7 +7,7 @@ from pathlib import Path
 def cmd_up(args: argparse.Namespace) -> int:
     from cli.embedded import run_embedded
 
-    return run_embedded(args.host, args.port)
+    return run_embedded(args.host, args.port, stage_workers=args.stage_workers)
 
 
 def cmd_api(args: argparse.Namespace) -> int:

@@ -25,8 +25,9 @@ def _size(png: bytes) -> tuple[int, int]:
 
 
 class Embedded:
-    def __init__(self, data_dir: Path) -> None:
+    def __init__(self, data_dir: Path, *options: str) -> None:
         self.data_dir = data_dir
+        self.options = options
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.env = {k: v for k, v in os.environ.items() if not k.startswith("IMAGEN_")}
@@ -47,7 +48,7 @@ class Embedded:
         offset = self.log.stat().st_size if self.log.exists() else 0
         with open(self.log, "ab") as log:
             self.process = subprocess.Popen(
-                [sys.executable, "-m", "cli.main", "up", "--port", str(self.port)],
+                [sys.executable, "-m", "cli.main", "up", "--port", str(self.port), *self.options],
                 env=self.env,
                 cwd=REPO,
                 stdout=log,
@@ -170,3 +171,22 @@ def test_up_restarts_a_child_that_dies_and_keeps_serving(embedded: Embedded, tmp
     result = embedded.cli("generate", "a corgi", "--seed", "4", "--resolution", "64", "--out", str(tmp_path / "out"))
     assert result.returncode == 0, result.stderr + embedded.log.read_text()[-3000:]
     assert "worker exited" in embedded.log.read_text() and "api exited" in embedded.log.read_text()
+
+
+def test_up_with_stage_workers_splits_the_cascade_and_each_holds_only_its_models(tmp_path: Path) -> None:
+    embedded = Embedded(tmp_path / "data", "--stage-workers")
+    embedded.start()
+    try:
+        result = embedded.cli("generate", "a corgi wearing a crown", "--seed", "3", "--resolution", "256")
+        assert result.returncode == 0, result.stderr
+        paths = re.findall(r"^(\S+\.png)", result.stdout, re.M)
+        assert [_size(Path(p).read_bytes()) for p in paths] == [(64, 64), (256, 256)]
+    finally:
+        embedded.stop()
+    logs = embedded.data_dir / "logs"
+    loaded = {
+        name: set(re.findall(r"loaded (\S+) of preset tiny", (logs / f"{name}.log").read_text()))
+        for name in ("worker-text-base", "worker-sr")
+    }
+    assert loaded == {"worker-text-base": {"text_encoder", "base_64"}, "worker-sr": {"sr_256"}}, loaded
+    assert not (logs / "worker.log").exists(), "no all-queue worker beside the stage workers"
