@@ -38,6 +38,9 @@ class Settings(BaseSettings):
     # The committed weights the toy preset is assembled from (default: models/toy/ of the checkout).
     toy_weights_dir: Path | None = None
     torch_threads: int | None = None
+    # On a GPU too small for a worker's models: keep them in CPU memory and move each onto the GPU only
+    # while it runs (diffusers' model CPU offload). Slower; ignored without CUDA.
+    cpu_offload: bool = False
     # Images in one denoising forward pass (prompts, for the text encoder): a stage splits a job's
     # num_images into runs of at most this many (each image still from its own seed), and fills a pass up
     # to it with other jobs' waiting runs of the same stage and parameters. 1 runs every image alone, byte

@@ -24,6 +24,7 @@ from diffusers.pipelines.stable_diffusion.pipeline_stable_diffusion_upscale impo
 from diffusers.utils import logging as diffusers_logging
 from transformers.utils import logging as transformers_logging
 
+from core.config import get_settings
 from core.model_loads import record_model_load
 from core.preset_files import PIPELINE_FILE, ModelsNotFoundError
 from core.presets import Preset, StageKind, StageSpec, get_preset
@@ -149,11 +150,17 @@ def load_part(
     started = time.perf_counter()
     with quiet_progress_bars():
         pipeline = _load_pipeline(preset, name, models_dir, dtype, lend or {})
+    offload = device == "cuda" and get_settings().cpu_offload
+    if offload:
+        # Each model moves onto the GPU when the pipeline calls it, and back when the next one runs.
+        pipeline.enable_model_cpu_offload()
+    else:
+        pipeline.to(device)
     # Progress is reported through the denoising callback, not tqdm bars in the worker's log.
-    pipeline.to(device)
     pipeline.set_progress_bar_config(disable=True)
     load_seconds = time.perf_counter() - started
-    logger.info("loaded %s of preset %s on %s (%s) in %.2f s", name, preset.name, device, dtype, load_seconds)
+    where = f"{device} (offloaded to the CPU between calls)" if offload else device
+    logger.info("loaded %s of preset %s on %s (%s) in %.2f s", name, preset.name, where, dtype, load_seconds)
     return Part(name, pipeline, load_seconds)
 
 
