@@ -51,10 +51,7 @@ class PostgresCounter:
         self.ignore_apps = set(ignore_apps)
         self._offset = 0
         self._partial = b""
-        # Per backend: whether a transaction is open, its statements so far, and whether it writes progress.
-        self._in_transaction: dict[str, bool] = {}
-        self._statements_in_transaction: dict[str, int] = {}
-        self._progress_in_transaction: dict[str, bool] = {}
+        self._backends: dict[str, _Backend] = {}
         self._counts: Counter[str] = Counter()
 
     def log_statements(self, on: bool) -> None:
@@ -114,30 +111,53 @@ class PostgresCounter:
         self._counts["statements"] += 1
         self._counts[f"statements.{kind}"] += 1
         self._counts[f"statements@{app}"] += 1
-        # A transaction ends at COMMIT or ROLLBACK (not ROLLBACK TO a savepoint); a statement outside
-        # BEGIN is a transaction of its own.
-        ends = kind in ("COMMIT", "ROLLBACK") and (len(words) < 2 or words[1].upper() != "TO")
-        open_ = self._in_transaction.get(pid, False)
+        backend = self._backends.setdefault(pid, _Backend())
         if kind == "BEGIN":
-            self._in_transaction[pid] = True
-            self._statements_in_transaction[pid] = 1
-            self._progress_in_transaction[pid] = False
+            # The ping that checked this connection out of its pool belongs to the transaction.
+            backend.open(pinged=backend.pinged)
             return
-        if open_:
-            self._statements_in_transaction[pid] = self._statements_in_transaction.get(pid, 0) + 1
-            if _PROGRESS_WRITE.match(sql):
-                self._progress_in_transaction[pid] = True
-        if ends or not open_:
-            self._in_transaction[pid] = False
-            self._counts["transactions"] += 1
-            self._counts[f"transactions.{kind if open_ and ends else 'autocommit'}"] += 1
-            # Progress writes are counted apart: their number follows a stage's running time, not the jobs.
-            if open_ and self._progress_in_transaction.get(pid, False):
-                self._counts["progress.transactions"] += 1
-                self._counts["progress.statements"] += self._statements_in_transaction.get(pid, 0)
-            elif not open_ and _PROGRESS_WRITE.match(sql):
-                self._counts["progress.transactions"] += 1
-                self._counts["progress.statements"] += 1
+        if backend.in_transaction:
+            backend.statements += 1
+            backend.progress |= bool(_PROGRESS_WRITE.match(sql))
+            # A transaction ends at COMMIT or ROLLBACK, not at ROLLBACK TO a savepoint.
+            if kind in ("COMMIT", "ROLLBACK") and (len(words) < 2 or words[1].upper() != "TO"):
+                backend.in_transaction = False
+                self._counts["transactions"] += 1
+                self._counts[f"transactions.{kind}"] += 1
+                if backend.progress:
+                    self._count_progress(backend)
+            return
+        # Outside BEGIN, a statement is a transaction of its own.
+        self._counts["transactions"] += 1
+        self._counts["transactions.autocommit"] += 1
+        if _PROGRESS_WRITE.match(sql):
+            backend.open(pinged=backend.pinged)
+            self._count_progress(backend)
+        backend.pinged = kind == "ping"
+
+    def _count_progress(self, backend: "_Backend") -> None:
+        # Progress writes are counted apart: their number follows a stage's running time, not the jobs.
+        self._counts["progress.writes"] += 1
+        self._counts["progress.transactions"] += backend.transactions
+        self._counts["progress.statements"] += backend.statements
+        backend.in_transaction = False
+
+
+class _Backend:
+    """Where one server process (one client connection) is: in a transaction or not, and what it holds."""
+
+    def __init__(self) -> None:
+        self.in_transaction = False
+        self.pinged = False  # the last statement was a pool ping, outside a transaction
+        self.statements = 0  # of the open transaction, with the ping before it
+        self.transactions = 0
+        self.progress = False
+
+    def open(self, *, pinged: bool) -> None:
+        self.in_transaction = True
+        self.statements = self.transactions = 1 + pinged
+        self.progress = False
+        self.pinged = False
 
 
 class RedisCounter:

@@ -456,7 +456,7 @@ def _cost_rows(outcomes: list[Outcome]) -> list[tuple[str, str, str]]:
     """(label, service, counter) rows of the per-job table: totals first, then what they are made of."""
     rows = [
         ("postgres transactions", "postgres", "transactions"),
-        ("  of which progress writes", "postgres", "progress.transactions"),
+        ("  in progress writes", "postgres", "progress.transactions"),
         ("  pg_stat_database commit+rollback", "postgres", "stat_xact"),
         ("postgres statements", "postgres", "statements"),
     ]
@@ -465,12 +465,17 @@ def _cost_rows(outcomes: list[Outcome]) -> list[tuple[str, str, str]]:
         for name in o.gross["postgres"]:
             if name.startswith("statements."):
                 kinds[name] += o.per_job("postgres", name)
-    rows += [(f"  {name.split('.', 1)[1]}", "postgres", name) for name, _ in sorted(kinds.items(), key=lambda k: -k[1])]
-    rows += [("  in progress writes", "postgres", "progress.statements")]
+    rows += [
+        (f"  {name.split('.', 1)[1]}", "postgres", name)
+        for name, n in sorted(kinds.items(), key=lambda k: -k[1])
+        if n >= 0.05
+    ]
     apps = sorted(
         {name.split("@", 1)[1] for o in outcomes for name in o.gross["postgres"] if name.startswith("statements@")}
     )
     rows += [(f"  from {app}", "postgres", f"statements@{app}") for app in apps]
+    rows += [("  in progress writes", "postgres", "progress.statements")]
+    rows += [("progress writes", "postgres", "progress.writes")]
     rows += [
         ("postgres rows inserted", "postgres", "rows_inserted"),
         ("postgres rows updated", "postgres", "rows_updated"),
@@ -525,18 +530,51 @@ def print_costs(outcomes: list[Outcome]) -> None:
 
 @dataclass(frozen=True)
 class Load:
-    """One service's load in one unit: per job (fixed), per progress write, and the capacity measured here."""
+    """What jobs ask of one service in one unit, and what it carries here."""
 
     service: str
     unit: str
-    per_job: float
-    per_progress_write: float
+    per_job: float  # all of it, progress writes included, in the costliest scenario
+    writes: float  # progress writes per job in that scenario
+    per_write: float  # units per progress write
     capacity: Capacity | None
-    scale: float = 1.0  # capacity units per measured unit (statements per pgbench transaction)
+    scale: float = 1.0  # units per unit of the capacity measured (statements per pgbench transaction)
 
     @property
     def rate(self) -> float | None:
         return self.capacity.rate * self.scale if self.capacity else None
+
+    @property
+    def fixed(self) -> float:
+        """Per job, less its progress writes: what does not follow a stage's running time."""
+        return max(0.0, self.per_job - self.writes * self.per_write)
+
+
+def _loads(outcomes: list[Outcome], capacities: dict[str, Capacity | None]) -> list[Load]:
+    def per_write(name: str) -> float:
+        writes = sum(o.gross["postgres"].get("progress.writes", 0) for o in outcomes)
+        return sum(o.gross["postgres"].get(name, 0) for o in outcomes) / writes if writes else 0.0
+
+    def load(service: str, unit: str, counter: tuple[str, str], cost: float, scale: float = 1.0) -> Load:
+        # The costliest scenario's figure, so that the model holds for every layout measured.
+        costliest = max(outcomes, key=lambda o: _figure(o, *counter))
+        capacity = capacities.get(service if service != "object store" else "s3")
+        writes = _figure(costliest, "postgres", "progress.writes")
+        return Load(service, unit, _figure(costliest, *counter), writes, cost, capacity, scale)
+
+    return [
+        load("postgres", "transactions", ("postgres", "transactions"), per_write("progress.transactions")),
+        load(
+            "postgres",
+            "statements",
+            ("postgres", "statements"),
+            per_write("progress.statements"),
+            scale=PGBENCH_STATEMENTS_PER_XACT,
+        ),
+        # Each progress write also appends to the job's live stream: one XADD and one EXPIRE (core/live_events.py).
+        load("redis", "commands", ("redis", "commands"), 2.0),
+        load("object store", "requests", ("s3", "requests"), 0.0),
+    ]
 
 
 def print_capacity(
@@ -544,72 +582,37 @@ def print_capacity(
 ) -> None:
     from workers.lifecycle import PROGRESS_INTERVAL_S
 
-    # The costliest scenario's figure for each, so that the model holds for every layout measured.
-    def worst(service: str, name: str) -> float:
-        return max(_figure(o, service, name) for o in outcomes)
-
-    def per_write(service: str, name: str) -> float:
-        writes = max(sum(o.gross["postgres"].get("progress.transactions", 0) for o in outcomes), 1)
-        return sum(o.gross[service].get(name, 0) for o in outcomes) / writes
-
-    progress = worst("postgres", "progress.transactions")
-    # Each progress write also appends to the job's live stream (one XADD and one EXPIRE, core/live_events.py).
-    redis_per_write = 2.0
-    loads = [
-        Load(
-            "postgres",
-            "transactions",
-            worst("postgres", "transactions") - progress,
-            1.0,
-            capacities.get("postgres"),
-        ),
-        Load(
-            "postgres",
-            "statements",
-            worst("postgres", "statements") - worst("postgres", "progress.statements"),
-            per_write("postgres", "progress.statements"),
-            capacities.get("postgres"),
-            scale=PGBENCH_STATEMENTS_PER_XACT,
-        ),
-        Load(
-            "redis",
-            "commands",
-            worst("redis", "commands") - redis_per_write * progress,
-            redis_per_write,
-            capacities.get("redis"),
-        ),
-        Load("object store", "requests", worst("s3", "requests"), 0.0, capacities.get("s3")),
-    ]
-    stages = len(get_preset(preset).stages)
-    # While a denoising stage runs, its progress is written at most every PROGRESS_INTERVAL_S, and once more at
-    # its start and its end whatever its length.
-    writes_per_gpu_s = 1 / PROGRESS_INTERVAL_S + 2 * stages * gpu_jobs_per_s
+    loads = _loads(outcomes, capacities)
     print(
         "\ncapacity: each service's capacity measured on this machine, over what a job asks of it (the costliest"
-        " scenario's figure)"
+        " scenario's figure, progress writes included)"
     )
-    print(f"progress writes: {progress:.1f} per job here; counted apart below, as they follow running time, not jobs")
     print(f"{'service':<14}{'unit':<14}{'capacity here':>16}{'per job':>10}{'jobs/s':>10}   measured with")
+    limits: list[tuple[float, Load]] = []
     for load in loads:
         rate = load.rate
-        fixed = load.per_job + progress * load.per_progress_write
-        jobs = f"{rate / fixed:>10.0f}" if rate and fixed else f"{'-':>10}"
-        cap = f"{rate:>12.0f} /s" if rate else f"{'n/a':>14}"
-        how = load.capacity.how if load.capacity else "not measured (tool missing)"
-        print(f"{load.service:<14}{load.unit:<14}{cap:>16}{fixed:>10.1f}{jobs}   {how}")
-    limits = [(load.rate / (load.per_job + progress * load.per_progress_write), load) for load in loads if load.rate]
+        if rate and load.per_job:
+            limits.append((rate / load.per_job, load))
+        jobs = f"{rate / load.per_job:>10.0f}" if rate and load.per_job else f"{'-':>10}"
+        capacity = f"{rate:>12.0f} /s" if rate else f"{'n/a':>14}"
+        how = load.capacity.how if load.capacity else "not measured (its tool is missing)"
+        print(f"{load.service:<14}{load.unit:<14}{capacity:>16}{load.per_job:>10.1f}{jobs}   {how}")
     if limits:
         jobs_per_s, first = min(limits, key=lambda item: item[0])
         print(f"first to saturate here: {first.service} ({first.unit}) at about {jobs_per_s:.0f} jobs/s")
 
+    stages = len(get_preset(preset).stages)
+    # A running denoising stage writes its progress at most every PROGRESS_INTERVAL_S, and also at its start
+    # and its end, however short it is.
+    writes_per_gpu_s = 1 / PROGRESS_INTERVAL_S + 2 * stages * gpu_jobs_per_s
     print(
         f"\nat scale, ASSUMED (a placeholder, not measured): {gpu_jobs_per_s:g} jobs/s per GPU (--gpu-jobs-per-s);"
-        f" each busy GPU also writes progress {writes_per_gpu_s:.1f} times/s (every {PROGRESS_INTERVAL_S} s while a"
-        f" stage runs, + start and end of each of {stages} stages)"
+        f" a busy GPU writes progress {writes_per_gpu_s:.1f} times/s (every {PROGRESS_INTERVAL_S} s while a stage"
+        f" runs, + the start and end of each of {stages} stages a job)"
     )
     print(f"{'service':<14}{'unit':<14}{'per GPU /s':>12}{'100 GPUs':>12}{'1000 GPUs':>12}{'GPUs it carries':>17}")
     for load in loads:
-        per_gpu = gpu_jobs_per_s * load.per_job + writes_per_gpu_s * load.per_progress_write
+        per_gpu = gpu_jobs_per_s * load.fixed + writes_per_gpu_s * load.per_write
         carries = f"{load.rate / per_gpu:>17.0f}" if load.rate and per_gpu else f"{'-':>17}"
         print(
             f"{load.service:<14}{load.unit:<14}{per_gpu:>12.1f}{100 * per_gpu:>12.0f}{1000 * per_gpu:>12.0f}{carries}"
@@ -629,8 +632,8 @@ def print_capacity(
         f"{heartbeat_bytes * 1000**2 / 1e6:>12.0f}{'-':>17}   (heartbeats: {heartbeat_bytes:.0f} B/s x workers^2)"
     )
     volumes = (
-        ("object store", "MB", worst("s3", "bytes_up") + worst("s3", "bytes_down")),
-        ("postgres", "WAL MB", worst("postgres", "wal_bytes")),
+        ("object store", "MB", max(_figure(o, "s3", "bytes_up") + _figure(o, "s3", "bytes_down") for o in outcomes)),
+        ("postgres", "WAL MB", max(_figure(o, "postgres", "wal_bytes") for o in outcomes)),
     )
     for service, unit, per_job in volumes:
         per_gpu = gpu_jobs_per_s * per_job / 1e6
