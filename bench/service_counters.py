@@ -29,8 +29,12 @@ Figures = dict[str, float]
 # Tagged so that the counter can tell its lines from the rest of the server log: database|app|pid|.
 _LOG_PREFIX = "stmt|%d|%a|%p| "
 _STATEMENT_LINE = re.compile(r"^stmt\|([^|]*)\|([^|]*)\|(\d+)\| LOG:  (?:statement|execute [^:]*): (.*)$")
-# The statement that records a running stage's progress (db/jobs.py record_progress).
-_PROGRESS_WRITE = re.compile(r"\s*UPDATE job_stages SET progress", re.IGNORECASE)
+# Writes whose number follows how long a stage runs, not how many jobs there are (db/jobs.py): a running
+# stage's progress (record_progress) and its heartbeat (beat_heartbeat). Their transactions are counted apart.
+_TIMED_WRITES = {
+    "progress": re.compile(r"\s*UPDATE job_stages SET progress", re.IGNORECASE),
+    "heartbeat": re.compile(r"\s*UPDATE job_stages SET heartbeat_at", re.IGNORECASE),
+}
 # Redis commands the counters themselves send.
 _OWN_REDIS_COMMANDS = {"info"}
 
@@ -118,29 +122,33 @@ class PostgresCounter:
             return
         if backend.in_transaction:
             backend.statements += 1
-            backend.progress |= bool(_PROGRESS_WRITE.match(sql))
+            backend.timed = backend.timed or _timed_write(sql)
             # A transaction ends at COMMIT or ROLLBACK, not at ROLLBACK TO a savepoint.
             if kind in ("COMMIT", "ROLLBACK") and (len(words) < 2 or words[1].upper() != "TO"):
                 backend.in_transaction = False
                 self._counts["transactions"] += 1
                 self._counts[f"transactions.{kind}"] += 1
-                if backend.progress:
-                    self._count_progress(backend)
+                if backend.timed:
+                    self._count_timed(backend)
             return
         # Outside BEGIN, a statement is a transaction of its own.
         self._counts["transactions"] += 1
         self._counts["transactions.autocommit"] += 1
-        if _PROGRESS_WRITE.match(sql):
+        if timed := _timed_write(sql):
             backend.open(pinged=backend.pinged)
-            self._count_progress(backend)
+            backend.timed = timed
+            self._count_timed(backend)
         backend.pinged = kind == "ping"
 
-    def _count_progress(self, backend: "_Backend") -> None:
-        # Progress writes are counted apart: their number follows a stage's running time, not the jobs.
-        self._counts["progress.writes"] += 1
-        self._counts["progress.transactions"] += backend.transactions
-        self._counts["progress.statements"] += backend.statements
+    def _count_timed(self, backend: "_Backend") -> None:
+        self._counts[f"{backend.timed}.writes"] += 1
+        self._counts[f"{backend.timed}.transactions"] += backend.transactions
+        self._counts[f"{backend.timed}.statements"] += backend.statements
         backend.in_transaction = False
+
+
+def _timed_write(sql: str) -> str | None:
+    return next((kind for kind, pattern in _TIMED_WRITES.items() if pattern.match(sql)), None)
 
 
 class _Backend:
@@ -151,12 +159,12 @@ class _Backend:
         self.pinged = False  # the last statement was a pool ping, outside a transaction
         self.statements = 0  # of the open transaction, with the ping before it
         self.transactions = 0
-        self.progress = False
+        self.timed: str | None = None  # the kind of timed write the transaction holds
 
     def open(self, *, pinged: bool) -> None:
         self.in_transaction = True
         self.statements = self.transactions = 1 + pinged
-        self.progress = False
+        self.timed = None
         self.pinged = False
 
 

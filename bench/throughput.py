@@ -64,6 +64,10 @@ QUICK_STEPS = 3
 # Placeholder, not a measurement: jobs/s one GPU finishes (see docs/capacity.md).
 DEFAULT_GPU_JOBS_PER_S = 1.0
 SERVICES = ("postgres", "redis", "s3")
+# Services that idle workers keep busy at a steady rate (queue polls, heartbeats), which per-job figures leave
+# out. Nothing touches Postgres or the store while the system idles: what they see now and then (autovacuum,
+# a checkpoint) is no rate to subtract.
+STEADY_BACKGROUND = ("redis",)
 
 
 @dataclass(frozen=True)
@@ -135,8 +139,10 @@ class Outcome:
         return self.images / self.seconds
 
     def per_job(self, service: str, name: str) -> float:
-        """A counter's gain over the run, less the idle system's rate over the same time, per job."""
-        background = self.idle[service].get(name, 0.0) / self.idle_s * self.window_s
+        """A counter's gain over the run per job, less (for Redis) the idle system's rate over the same time."""
+        background = 0.0
+        if service in STEADY_BACKGROUND:
+            background = self.idle[service].get(name, 0.0) / self.idle_s * self.window_s
         return max(0.0, self.gross[service].get(name, 0.0) - background) / self.jobs
 
     def idle_rate(self, service: str, name: str) -> float:
@@ -267,7 +273,16 @@ class ScenarioRun:
                     raise RuntimeError(f"{child.name} exited:\n{child.log_tail()}")
             return bool(row[0] == len(ids))
 
-        wait_until(ended, timeout_s, f"{len(ids)} jobs to end", interval_s=0.5)
+        try:
+            wait_until(ended, timeout_s, f"{len(ids)} jobs to end", interval_s=0.5)
+        except AssertionError:
+            stages = self._db.execute(
+                "SELECT name, status, count(*) FROM job_stages WHERE job_id = ANY(%s) GROUP BY name, status"
+                " ORDER BY name, status",
+                (ids,),
+            ).fetchall()
+            tails = "\n".join(f"--- {c.name} ---\n{c.log_tail(15)}" for c in self.children.values())
+            raise RuntimeError(f"jobs still running after {timeout_s:.0f} s; stages: {stages}\n{tails}") from None
 
     def warm_up(self) -> None:
         """Models loaded, first passes run: a one-image job, then (when batching) one the size of a full pass."""
@@ -292,7 +307,8 @@ class ScenarioRun:
 
         own_before = self.own_queries
         ids, submitted = self.submit(options.jobs, seed0=1)
-        self.wait(ids, 60 + 30 * options.jobs)
+        # Only a guard against a hang: a busy 2-core machine can take half a minute a job.
+        self.wait(ids, 300 + 60 * options.jobs)
         time.sleep(SETTLE_S)
         end = self.read()
         window_s = time.monotonic() - counted_at
@@ -457,6 +473,7 @@ def _cost_rows(outcomes: list[Outcome]) -> list[tuple[str, str, str]]:
     rows = [
         ("postgres transactions", "postgres", "transactions"),
         ("  in progress writes", "postgres", "progress.transactions"),
+        ("  in heartbeats", "postgres", "heartbeat.transactions"),
         ("  pg_stat_database commit+rollback", "postgres", "stat_xact"),
         ("postgres statements", "postgres", "statements"),
     ]
@@ -475,7 +492,8 @@ def _cost_rows(outcomes: list[Outcome]) -> list[tuple[str, str, str]]:
     )
     rows += [(f"  from {app}", "postgres", f"statements@{app}") for app in apps]
     rows += [("  in progress writes", "postgres", "progress.statements")]
-    rows += [("progress writes", "postgres", "progress.writes")]
+    rows += [("  in heartbeats", "postgres", "heartbeat.statements")]
+    rows += [("progress writes", "postgres", "progress.writes"), ("heartbeats", "postgres", "heartbeat.writes")]
     rows += [
         ("postgres rows inserted", "postgres", "rows_inserted"),
         ("postgres rows updated", "postgres", "rows_updated"),
@@ -512,7 +530,7 @@ def _figure(outcome: Outcome, service: str, name: str) -> float:
 
 
 def print_costs(outcomes: list[Outcome]) -> None:
-    print("\nper job, from the services' own counters, less what the idle system did in the same time")
+    print("\nper job, from the services' own counters (Redis: less what the idle system did in the same time)")
     header = f"{'':<40}" + "".join(f"{'(' + o.scenario.key + ')':>12}" for o in outcomes)
     print(header)
     for label, service, name in _cost_rows(outcomes):
@@ -537,6 +555,7 @@ class Load:
     per_job: float  # all of it, progress writes included, in the costliest scenario
     writes: float  # progress writes per job in that scenario
     per_write: float  # units per progress write
+    heartbeats: float  # units per job spent on heartbeats in that scenario
     capacity: Capacity | None
     scale: float = 1.0  # units per unit of the capacity measured (statements per pgbench transaction)
 
@@ -546,8 +565,8 @@ class Load:
 
     @property
     def fixed(self) -> float:
-        """Per job, less its progress writes: what does not follow a stage's running time."""
-        return max(0.0, self.per_job - self.writes * self.per_write)
+        """Per job, less its progress writes and heartbeats: what does not follow a stage's running time."""
+        return max(0.0, self.per_job - self.writes * self.per_write - self.heartbeats)
 
 
 def _loads(outcomes: list[Outcome], capacities: dict[str, Capacity | None]) -> list[Load]:
@@ -560,7 +579,8 @@ def _loads(outcomes: list[Outcome], capacities: dict[str, Capacity | None]) -> l
         costliest = max(outcomes, key=lambda o: _figure(o, *counter))
         capacity = capacities.get(service if service != "object store" else "s3")
         writes = _figure(costliest, "postgres", "progress.writes")
-        return Load(service, unit, _figure(costliest, *counter), writes, cost, capacity, scale)
+        heartbeats = _figure(costliest, "postgres", f"heartbeat.{counter[1]}") if service == "postgres" else 0.0
+        return Load(service, unit, _figure(costliest, *counter), writes, cost, heartbeats, capacity, scale)
 
     return [
         load("postgres", "transactions", ("postgres", "transactions"), per_write("progress.transactions")),
@@ -608,7 +628,8 @@ def print_capacity(
     print(
         f"\nat scale, ASSUMED (a placeholder, not measured): {gpu_jobs_per_s:g} jobs/s per GPU (--gpu-jobs-per-s);"
         f" a busy GPU writes progress {writes_per_gpu_s:.1f} times/s (every {PROGRESS_INTERVAL_S} s while a stage"
-        f" runs, + the start and end of each of {stages} stages a job)"
+        f" runs, + the start and end of each of {stages} stages a job); heartbeats left out (one per 15 s of a"
+        " stage's run: none for stages shorter than that)"
     )
     print(f"{'service':<14}{'unit':<14}{'per GPU /s':>12}{'100 GPUs':>12}{'1000 GPUs':>12}{'GPUs it carries':>17}")
     for load in loads:
