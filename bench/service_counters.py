@@ -7,9 +7,9 @@ happened between them (``delta``).
 - Postgres: statements from the server's own log (``log_statement = all``, one line per statement executed,
   tagged with the database and the client's ``application_name``, which each process of the system sets
   through ``PGAPPNAME``); transactions from the same lines (a COMMIT or ROLLBACK ends one, a statement
-  outside BEGIN is one by itself); rows written from ``pg_stat_database`` (which a backend flushes up to
-  10 s late); WAL bytes from the WAL position.
-- Redis: ``INFO commandstats`` (calls per command, exact) and ``INFO stats`` (bytes in and out).
+  outside BEGIN is one by itself), with progress writes and heartbeats counted apart; rows written from
+  ``pg_stat_database`` (which a backend flushes up to 10 s late); WAL bytes from the WAL position.
+- Redis: ``INFO all``: calls per command (exact) and bytes in and out, less the counter's own.
 - Object store: a proxy in front of the S3 server that reads the HTTP requests going through it.
 """
 

@@ -13,8 +13,8 @@ Every scenario has two torch threads in all on this 2-core machine. It prints jo
 b/a and c/a (target b/a >= 1.4: PASS or MISS), each model worker's memory after the run, the batch sizes
 each stage formed (from job_stages.batch_id/batch_size; "n/a" where the schema has no such columns), and
 per job: Postgres statements and transactions, Redis commands and bytes, object-store requests and bytes,
-all from counters the services keep (see bench/service_counters.py), net of what the idle system does in
-the same time. It ends with the capacity table: each service's capacity measured here (pgbench,
+all from counters the services keep (see bench/service_counters.py); Redis's net of what the idle system
+does in the same time. It ends with the capacity table: each service's capacity measured here (pgbench,
 redis-benchmark, a PUT/GET loop; bench/service_capacity.py) over the per-job costs, and what 100 and 1000
 GPUs would ask of each at an assumed rate per GPU (docs/capacity.md explains how to read it).
 
@@ -23,7 +23,7 @@ Timings are production's, not the test suite's: the stage heartbeat every 15 s (
 
     python bench/throughput.py                       # toy preset, 32 jobs, a b c: about 10 minutes on 2 cores
     python bench/throughput.py --scenarios a,b --jobs 16
-    python bench/throughput.py --quick               # smoke check: 4 jobs of few steps, scenario a, ~2 minutes
+    python bench/throughput.py --quick               # smoke check: 4 jobs of 3 steps, scenario a, ~3 minutes
 
 Exit status 1 if a job failed.
 """
@@ -59,6 +59,8 @@ PROMPTS = ("a corgi wearing a crown", "a lighthouse at dusk", "a bowl of ramen, 
 DATABASE = "imagen"
 # A backend flushes its pg_stat_database counts up to 10 s after it goes idle; readings wait this long.
 SETTLE_S = 11.0
+# A task is acknowledged (in Redis) just after its job's row says it ended.
+TAIL_S = 1.0
 # Steps of each stage in --quick runs.
 QUICK_STEPS = 3
 # Placeholder, not a measurement: jobs/s one GPU finishes (see docs/capacity.md).
@@ -122,7 +124,7 @@ class Outcome:
     images: int
     failed: list[str]
     seconds: float  # first submission to the last job's finish
-    window_s: float  # between the counters' two readings
+    window_s: float  # between the two readings of Redis
     idle_s: float
     gross: dict[str, Figures]
     idle: dict[str, Figures]
@@ -309,9 +311,13 @@ class ScenarioRun:
         ids, submitted = self.submit(options.jobs, seed0=1)
         # Only a guard against a hang: a busy 2-core machine can take half a minute a job.
         self.wait(ids, 300 + 60 * options.jobs)
-        time.sleep(SETTLE_S)
-        end = self.read()
+        # Redis is read as soon as the last tasks are acknowledged, so that as little idle background as
+        # possible is left to subtract; Postgres once its statistics have landed.
+        time.sleep(TAIL_S)
+        end = {"redis": self.redis.read(), "s3": self.s3.read()}
         window_s = time.monotonic() - counted_at
+        time.sleep(SETTLE_S)
+        end["postgres"] = self.postgres.read()
         gross = {service: delta(end[service], start[service]) for service in SERVICES}
         gross["postgres"]["stat_xact_commit"] -= self.own_queries - own_before  # each poll commits on its own
 
