@@ -506,8 +506,12 @@ def test_missing_tiny_models_name_the_build_command(tmp_path: Path) -> None:
         load_cascade(get_preset("tiny"), tmp_path)
 
 
-def test_get_cascade_loads_once_per_process(cascade: Cascade, models_dir: Path) -> None:
-    assert get_cascade("tiny", models_dir) is cascade
+def test_get_cascade_loads_each_part_once_per_process(cascade: Cascade, models_dir: Path) -> None:
+    again = get_cascade("tiny", models_dir)
+    assert set(again.parts) == {"text_encoder", "base_64", "sr_256", "sr_1024"}
+    assert all(again.parts[name] is cascade.parts[name] for name in again.parts)
+    # Asking for one part hands back the resident one, not a second copy.
+    assert get_cascade("tiny", models_dir, parts=["sr_256"]).parts["sr_256"] is cascade.parts["sr_256"]
     assert cascade.load_seconds > 0
 
 

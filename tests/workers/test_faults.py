@@ -272,7 +272,7 @@ def test_a_stage_stuck_past_its_time_limit_takes_its_worker_down(system: System)
 
     overran = threading.Event()
     deadline = time.monotonic()
-    with lifecycle._heartbeat(uuid.uuid4(), deadline=deadline, grace_s=1.0, on_overrun=lambda _: overran.set()):
+    with lifecycle._heartbeat([uuid.uuid4()], deadline=deadline, grace_s=1.0, on_overrun=lambda _: overran.set()):
         assert not overran.wait(0.8), "called before the grace was over"
         assert overran.wait(2), "the overrun was not called"
         assert time.monotonic() - deadline < 1.5
