@@ -34,7 +34,7 @@ def restore_worker(system: System) -> Iterator[None]:
 def test_killed_worker_mid_stage_job_still_succeeds_without_duplicate_outputs(
     system: System, client: Client, s3: Minio, restore_worker: None
 ) -> None:
-    job = client.submit(seed=5, stages={"base": {"steps": 3}, "sr256": {"steps": 60}, "sr1024": {"steps": 2}})
+    job = client.submit(seed=5, stages={"base": {"steps": 3}, "sr256": {"steps": 30}, "sr1024": {"steps": 2}})
     client.wait_stage(job["id"], "sr_256", min_progress=0.05)
     assert system.worker is not None
     system.worker.kill()  # SIGKILL while sr_256 is denoising: no ack, no cleanup
