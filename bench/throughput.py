@@ -576,6 +576,8 @@ class Load:
 
 
 def _loads(outcomes: list[Outcome], capacities: dict[str, Capacity | None]) -> list[Load]:
+    from workers.lifecycle import PROGRESS_INTERVAL_S, PROGRESS_ROW_INTERVAL_S
+
     def per_write(name: str) -> float:
         writes = sum(o.gross["postgres"].get("progress.writes", 0) for o in outcomes)
         return sum(o.gross["postgres"].get(name, 0) for o in outcomes) / writes if writes else 0.0
@@ -597,8 +599,9 @@ def _loads(outcomes: list[Outcome], capacities: dict[str, Capacity | None]) -> l
             per_write("progress.statements"),
             scale=PGBENCH_STATEMENTS_PER_XACT,
         ),
-        # Each progress write also appends to the job's live stream: one XADD and one EXPIRE (core/live_events.py).
-        load("redis", "commands", ("redis", "commands"), 2.0),
+        # Between two progress writes to a row, a running stage appends to its job's live stream every
+        # PROGRESS_INTERVAL_S: one XADD and one EXPIRE each (core/live_events.py).
+        load("redis", "commands", ("redis", "commands"), 2.0 * PROGRESS_ROW_INTERVAL_S / PROGRESS_INTERVAL_S),
         load("object store", "requests", ("s3", "requests"), 0.0),
     ]
 
@@ -606,7 +609,7 @@ def _loads(outcomes: list[Outcome], capacities: dict[str, Capacity | None]) -> l
 def print_capacity(
     outcomes: list[Outcome], capacities: dict[str, Capacity | None], gpu_jobs_per_s: float, preset: str
 ) -> None:
-    from workers.lifecycle import PROGRESS_INTERVAL_S
+    from workers.lifecycle import PROGRESS_ROW_INTERVAL_S
 
     loads = _loads(outcomes, capacities)
     print(
@@ -628,12 +631,12 @@ def print_capacity(
         print(f"first to saturate here: {first.service} ({first.unit}) at about {jobs_per_s:.0f} jobs/s")
 
     stages = len(get_preset(preset).stages)
-    # A running denoising stage writes its progress at most every PROGRESS_INTERVAL_S, and also at its start
-    # and its end, however short it is.
-    writes_per_gpu_s = 1 / PROGRESS_INTERVAL_S + 2 * stages * gpu_jobs_per_s
+    # A running denoising stage writes its progress to its row at most every PROGRESS_ROW_INTERVAL_S, and also
+    # at its start and its end, however short it is.
+    writes_per_gpu_s = 1 / PROGRESS_ROW_INTERVAL_S + 2 * stages * gpu_jobs_per_s
     print(
         f"\nat scale, ASSUMED (a placeholder, not measured): {gpu_jobs_per_s:g} jobs/s per GPU (--gpu-jobs-per-s);"
-        f" a busy GPU writes progress {writes_per_gpu_s:.1f} times/s (every {PROGRESS_INTERVAL_S} s while a stage"
+        f" a busy GPU writes progress {writes_per_gpu_s:.1f} times/s (every {PROGRESS_ROW_INTERVAL_S} s while a stage"
         f" runs, + the start and end of each of {stages} stages a job); heartbeats left out (one per 15 s of a"
         " stage's run: none for stages shorter than that)"
     )

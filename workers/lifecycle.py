@@ -51,7 +51,11 @@ TRANSIENT_ERRORS: tuple[type[BaseException], ...] = (
     ConnectionError,
     TimeoutError,
 )
+# A running stage's progress goes to its jobs' live streams (SSE, ``Prefer: wait``) at most every
+# PROGRESS_INTERVAL_S, and to their rows at most every PROGRESS_ROW_INTERVAL_S: the rows are what polls and
+# the dashboard read, and their writes are the Postgres load that grows with the number of GPUs.
 PROGRESS_INTERVAL_S = 0.25
+PROGRESS_ROW_INTERVAL_S = 1.0
 # A stage waits out a transient error with backoff (1, 2, 4, ... 60 s: about 7.5 minutes in all) before
 # its job fails; these retries are not attempts.
 MAX_TRANSIENT_RETRIES = 12
@@ -246,15 +250,16 @@ def _send_companions_again(leader: StageRun, unfinished: list[StageRun], countdo
 
 
 def progress_reporter(*runs: StageRun) -> Callable[[float], None]:
-    """A denoising callback for the runs sharing a pass: records their progress (throttled), cancels those
-    whose job was asked to cancel (the pass goes on for the others) and raises StageCanceled once none is
-    left; raises StageTimedOut past their deadline."""
+    """A denoising callback for the runs sharing a pass: records their progress (throttled: live streams
+    every PROGRESS_INTERVAL_S, rows every PROGRESS_ROW_INTERVAL_S), cancels those whose job was asked to
+    cancel (the pass goes on for the others) and raises StageCanceled once none is left; raises
+    StageTimedOut past their deadline."""
     redis_client = get_redis()
     deadline = min(run.deadline for run in runs)
-    last_write = 0.0
+    last_live = last_row = 0.0
 
     def report(fraction: float) -> None:
-        nonlocal last_write
+        nonlocal last_live, last_row
         live = [run for run in runs if not run.canceled]
         try:
             cancel_hint = bool(redis_client.exists(*(cancel_key(run.job_id) for run in live)))
@@ -263,19 +268,23 @@ def progress_reporter(*runs: StageRun) -> Callable[[float], None]:
         now = time.monotonic()
         if now > deadline:
             raise StageTimedOut()
-        if not cancel_hint and fraction < 1.0 and now - last_write < PROGRESS_INTERVAL_S:
+        urgent = cancel_hint or fraction >= 1.0
+        if not urgent and now - last_live < PROGRESS_INTERVAL_S:
             return
-        last_write = now
-        with session_scope() as session:
-            canceled = job_queries.record_progress(session, stage_ids=[run.stage_id for run in live], progress=fraction)
-        for run in live:
-            if run.stage_id in canceled:
-                log.info("job %s canceled during %s", run.job_id, run.stage)
-                _cancel(run.job_id)
-                run.canceled = True
-        live = [run for run in live if not run.canceled]
-        if not live:
-            raise StageCanceled()
+        last_live = now
+        if urgent or now - last_row >= PROGRESS_ROW_INTERVAL_S:
+            last_row = now
+            with session_scope() as session:
+                stage_ids = [run.stage_id for run in live]
+                canceled = job_queries.record_progress(session, stage_ids=stage_ids, progress=fraction)
+            for run in live:
+                if run.stage_id in canceled:
+                    log.info("job %s canceled during %s", run.job_id, run.stage)
+                    _cancel(run.job_id)
+                    run.canceled = True
+            live = [run for run in live if not run.canceled]
+            if not live:
+                raise StageCanceled()
         for run in live:
             append_live(run.job_id, "progress", {"stage": run.stage, "progress": round(fraction, 4)})
 
