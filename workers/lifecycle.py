@@ -507,6 +507,12 @@ def _complete(run: StageRun) -> _NextStage | None:
             events.finished(job)
         if job.dispatch_seq != run.seq or JobStatus(job.status).is_terminal:
             return None
+        if stage.position + 1 == len(job.stages) and all(s.status == StageStatus.SUCCEEDED for s in job.stages):
+            # The last stage finishes its job in this transaction, with no hop through the control queue;
+            # the finalize task remains for a job whose last stage completed in an older generation.
+            job_queries.finish_job(job, JobStatus.SUCCEEDED)
+            events.finished(job)
+            return None
         return _next_stage(job, stage, run.seq)
 
 
