@@ -10,7 +10,13 @@ from typing import Annotated, Any, Literal
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator
 
 from api.images import ImageInput
-from core.job_input import DEFAULT_COLLECTION, DEFAULT_MAX_NEW_TOKENS, DEFAULT_NUM_BEAMS
+from core.job_input import (
+    DEFAULT_COLLECTION,
+    DEFAULT_MAX_NEW_TOKENS,
+    DEFAULT_NUM_BEAMS,
+    DEFAULT_OUTPUT_QUALITY,
+    OutputFormat,
+)
 from core.job_view import JobPublic
 from core.limits import (
     MAX_BEAMS,
@@ -66,6 +72,36 @@ class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
 
+class ErrorDetail(BaseModel):
+    """What went wrong, for a program (``code``) and a person (``message``), and which request field it was."""
+
+    code: str = Field(description="a stable, machine-readable name: not_found, invalid_request, conflict, ...")
+    message: str = Field(description="what was wrong and what is allowed, in words")
+    field: str | None = Field(
+        description="the request field at fault as the client wrote it (input.steps, Authorization, job_id), or null"
+    )
+
+
+class ErrorResponse(BaseModel):
+    """Every error the API answers, whatever its status."""
+
+    model_config = ConfigDict(
+        json_schema_extra={
+            "examples": [
+                {
+                    "error": {
+                        "code": "invalid_request",
+                        "message": "input.num_images: Input should be less than or equal to 8",
+                        "field": "input.num_images",
+                    }
+                }
+            ]
+        }
+    )
+
+    error: ErrorDetail
+
+
 class StageParameters(_Strict):
     """Sampling parameters of one cascade stage; omitted ones take the preset's defaults."""
 
@@ -117,6 +153,18 @@ class GenerateInput(_Strict):
     )
     caption: bool = False
     index: bool = False
+    output_format: OutputFormat = Field(
+        default="png",
+        description="how the final images are stored and served: png (lossless, the default), webp or jpeg;"
+        " intermediate stages' images are always PNG",
+    )
+    output_quality: int | None = Field(
+        default=None,
+        ge=1,
+        le=100,
+        description=f"webp and jpeg only: the encoder's quality, 1..100 (default {DEFAULT_OUTPUT_QUALITY});"
+        " a 422 with png, which is lossless",
+    )
 
     _prompt_has_words = field_validator("prompt")(classmethod(lambda cls, v: _not_blank(v)))
 

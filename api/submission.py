@@ -21,7 +21,15 @@ from api.schemas import (
 from core.address_guard import FetchError, check_url
 from core.config import Settings
 from core.errors import Conflict, InvalidInput
-from core.job_input import CaptionSpec, GenerateSpec, IndexSpec, JobSpec, stored_input
+from core.job_input import (
+    DEFAULT_OUTPUT_QUALITY,
+    LOSSLESS_FORMATS,
+    CaptionSpec,
+    GenerateSpec,
+    IndexSpec,
+    JobSpec,
+    stored_input,
+)
 from core.limits import MAX_SEED
 from core.presets import Preset
 from core.routing import generate_stages, single_stage
@@ -50,6 +58,15 @@ def resolve_generate_input(data: GenerateInput, preset: Preset) -> GenerateSpec:
                 f"{field} must be between 0 and {spec.max_noise_level} for preset {preset.name!r}, got {noise}",
                 field=field,
             )
+    if data.output_format in LOSSLESS_FORMATS and data.output_quality is not None:
+        raise InvalidInput(
+            f"input.output_quality applies to webp and jpeg only; {data.output_format} is lossless"
+            " (leave output_quality out, or choose output_format webp or jpeg)",
+            field="input.output_quality",
+        )
+    quality = None
+    if data.output_format not in LOSSLESS_FORMATS:
+        quality = data.output_quality if data.output_quality is not None else DEFAULT_OUTPUT_QUALITY
     return GenerateSpec(
         prompt=data.prompt,
         negative_prompt=data.negative_prompt,
@@ -59,6 +76,8 @@ def resolve_generate_input(data: GenerateInput, preset: Preset) -> GenerateSpec:
         stages=stages,
         caption=data.caption,
         index=data.index,
+        output_format=data.output_format,
+        output_quality=quality,
     )
 
 

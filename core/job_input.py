@@ -17,6 +17,18 @@ DEFAULT_NUM_BEAMS = 1
 # The collection an index job (or a generate job's auto-index) adds to unless the request names one.
 DEFAULT_COLLECTION = "default"
 
+# How a generate job's final images are stored: the media type and the key's file extension of each format.
+# Intermediate images are always PNG: the next stage reads them, and they must not lose a bit.
+OutputFormat = Literal["png", "webp", "jpeg"]
+OUTPUT_FORMATS: dict[str, tuple[str, str]] = {
+    "png": ("image/png", "png"),
+    "webp": ("image/webp", "webp"),
+    "jpeg": ("image/jpeg", "jpg"),
+}
+LOSSLESS_FORMATS = frozenset({"png"})
+# The quality of a lossy final image (WebP or JPEG) unless the request names one.
+DEFAULT_OUTPUT_QUALITY = 90
+
 
 class _Stored(BaseModel):
     # Frozen: a worker never edits the input it was given. Unknown keys are kept out, so an older row
@@ -35,6 +47,9 @@ class GenerateSpec(_Stored):
     stages: dict[str, StageParams]
     caption: bool = False
     index: bool = False
+    # Older rows have neither: their images are PNG.
+    output_format: OutputFormat = "png"
+    output_quality: int | None = None
 
     @field_serializer("stages")
     def _stages_as_stored(self, stages: dict[str, StageParams]) -> dict[str, dict[str, Any]]:
@@ -47,6 +62,10 @@ class GenerateSpec(_Stored):
     def final_stage(self, preset: Preset) -> StageSpec:
         """The cascade stage whose images are the job's result."""
         return preset.final_stage(self.resolution)
+
+    def image_format(self, stage: str, preset: Preset) -> OutputFormat:
+        """The format ``stage``'s images are stored in: the requested one for the final stage, else PNG."""
+        return self.output_format if stage == self.final_stage(preset).name else "png"
 
     def image_seed(self, index: int) -> int:
         """The seed of the job's image ``index``: each image depends on its own seed only."""

@@ -40,11 +40,22 @@ def job_prefix(job_id: UUID | str) -> str:
     return validate_prefix(f"jobs/{job_id}/")
 
 
-def image_key(job_id: UUID | str, stage: str, index: int) -> str:
-    """The key of one image a job's stage produced: ``jobs/{job_id}/{stage}/{index}.png``."""
+def image_key(job_id: UUID | str, stage: str, index: int, extension: str = "png") -> str:
+    """The key of one image a job's stage produced: ``jobs/{job_id}/{stage}/{index}.png`` (a final image in
+    another format ends in that format's extension)."""
     if index < 0:
         raise InvalidKey(f"index must be >= 0, got {index}")
-    return validate_key(f"jobs/{job_id}/{stage}/{index}.png")
+    return validate_key(f"jobs/{job_id}/{stage}/{index}.{extension}")
+
+
+def stage_prefix(job_id: UUID | str, stage: str) -> str:
+    """The prefix under which one stage of a job stores its images."""
+    return validate_prefix(f"jobs/{job_id}/{stage}/")
+
+
+def embeddings_prefix(job_id: UUID | str) -> str:
+    """The prefix of a job's prompt embeddings."""
+    return validate_prefix(f"jobs/{job_id}/text/")
 
 
 def embeddings_key(job_id: UUID | str) -> str:

@@ -14,6 +14,8 @@ from core.job_input import (
     DEFAULT_COLLECTION,
     DEFAULT_MAX_NEW_TOKENS,
     DEFAULT_NUM_BEAMS,
+    DEFAULT_OUTPUT_QUALITY,
+    OUTPUT_FORMATS,
     CaptionSpec,
     GenerateSpec,
     IndexSpec,
@@ -231,7 +233,8 @@ def _final_image_keys(run: StageRun) -> list[str]:
     if not isinstance(run.spec, GenerateSpec):
         return [run.spec.image.key]
     final = run.spec.final_stage(get_preset(run.preset))
-    return [image_key(run.job_id, final.name, i) for i in range(run.spec.num_images)]
+    extension = OUTPUT_FORMATS[run.spec.output_format][1]
+    return [image_key(run.job_id, final.name, i, extension) for i in range(run.spec.num_images)]
 
 
 def _cascade_inputs(runs: list[StageRun], *, base: bool) -> tuple[StageParams, Any]:
@@ -273,14 +276,25 @@ def _store_images(runs: list[StageRun], images: list[Any]) -> None:
 
 
 def _store_pngs(run: StageRun, images: list[Any], spec: GenerateSpec) -> None:
-    """Store a cascade stage's images as PNGs, image ``i`` under its own key and with its own seed."""
+    """Store a cascade stage's images, image ``i`` under its own key and with its own seed: as PNGs, except
+    the final stage's, which take the job's output format."""
     from workers.stage_outputs import image_to_png
 
+    image_format = spec.image_format(run.stage, get_preset(run.preset))
+    content_type, extension = OUTPUT_FORMATS[image_format]
     for index, image in enumerate(images):
-        png = image_to_png(image)
-        key = image_key(run.job_id, run.stage, index)
-        process_store().put(key, png, "image/png")
-        _add_image(run, spec, index, key, png, width=image.width, height=image.height)
+        data = image_to_png(image) if image_format == "png" else _encode_lossy(image, image_format, spec)
+        key = image_key(run.job_id, run.stage, index, extension)
+        process_store().put(key, data, content_type)
+        _add_image(run, spec, index, key, data, content_type, width=image.width, height=image.height)
+
+
+def _encode_lossy(image: Any, image_format: str, spec: GenerateSpec) -> bytes:
+    """A final image as WebP or JPEG at the job's quality (no metadata, so the bytes depend on the pixels)."""
+    quality = spec.output_quality if spec.output_quality is not None else DEFAULT_OUTPUT_QUALITY
+    buffer = io.BytesIO()
+    image.convert("RGB").save(buffer, format=image_format.upper(), quality=quality)
+    return buffer.getvalue()
 
 
 def _record_embeddings(run: StageRun, key: str, data: bytes) -> None:
@@ -306,21 +320,24 @@ def _reuse_stored_images(run: StageRun) -> bool:
     import PIL.Image
 
     spec = _generate_spec(run)
-    keys = [image_key(run.job_id, run.stage, i) for i in range(spec.num_images)]
-    pngs = _stored_by_earlier_attempt(keys)
-    if pngs is None:
+    content_type, extension = OUTPUT_FORMATS[spec.image_format(run.stage, get_preset(run.preset))]
+    keys = [image_key(run.job_id, run.stage, i, extension) for i in range(spec.num_images)]
+    stored = _stored_by_earlier_attempt(keys)
+    if stored is None:
         return False
-    for index, (key, png) in enumerate(zip(keys, pngs, strict=True)):
-        with PIL.Image.open(io.BytesIO(png)) as image:
+    for index, (key, data) in enumerate(zip(keys, stored, strict=True)):
+        with PIL.Image.open(io.BytesIO(data)) as image:
             width, height = image.size
-        _add_image(run, spec, index, key, png, width=width, height=height)
+        _add_image(run, spec, index, key, data, content_type, width=width, height=height)
     return True
 
 
-def _add_image(run: StageRun, spec: GenerateSpec, index: int, key: str, png: bytes, *, width: int, height: int) -> None:
+def _add_image(
+    run: StageRun, spec: GenerateSpec, index: int, key: str, data: bytes, content_type: str, *, width: int, height: int
+) -> None:
     """An image output of a cascade stage: its artifact row and its entry in the stage's outputs."""
     size, seed = {"width": width, "height": height}, spec.image_seed(index)
-    _record(run, index, key, png, "image/png", **size, seed=seed)
+    _record(run, index, key, data, content_type, **size, seed=seed)
     run.outputs.append({"index": index, "key": key, **size, "seed": seed})
 
 
