@@ -100,6 +100,13 @@ class Settings(BaseSettings):
     # old; the sweep looks for them at most this often.
     unused_upload_ttl_s: float = 3600.0
     unused_upload_sweep_s: float = 600.0
+    # Retention of finished jobs, in days after they ended (unset: kept until deleted). Intermediate: the
+    # non-final stages' images and the prompt embeddings; output: everything, as DELETE /v1/jobs/{id} does.
+    retain_intermediate_days: float | None = Field(default=None, gt=0)
+    retain_output_days: float | None = Field(default=None, gt=0)
+    # Jobs each sweep purges, of each kind (deletions to finish, outputs, intermediates): a backlog after the
+    # settings are first set drains over several sweeps instead of holding one for long.
+    retention_batch: int = Field(default=50, ge=1)
 
     @property
     def resolved_models_dir(self) -> Path:

@@ -280,6 +280,7 @@ def image_artifact_key(
         .join(Job, Job.id == Artifact.job_id)
         .where(
             Job.tenant_id == tenant_id,
+            Job.deleted_at.is_(None),
             Artifact.job_id == job_id,
             Artifact.stage == stage,
             Artifact.index == index,
@@ -345,13 +346,18 @@ def request_cancel(job: Job) -> bool:
 
 
 def reset_for_retry(job: Job) -> None:
-    """Queue a failed or canceled job again from its first unfinished stage, with fresh attempts."""
+    """Queue a failed or canceled job again from its first unfinished stage, with fresh attempts; from its
+    first stage if retention deleted the intermediates a later stage would read."""
+    rerun_all = job.intermediates_purged_at is not None
     job.status = JobStatus.QUEUED
     job.cancel_requested = False
     job.error = None
     job.finished_at = None
+    job.intermediates_purged_at = None
     for stage in job.stages:
-        if stage.status != StageStatus.SUCCEEDED:
+        if rerun_all:
+            stage.outputs = []
+        if rerun_all or stage.status != StageStatus.SUCCEEDED:
             stage.status = StageStatus.PENDING
             stage.attempts = 0
             stage.progress = 0.0
@@ -431,10 +437,13 @@ def stale_seconds_ago(seconds: float) -> datetime:
     return now() - timedelta(seconds=seconds)
 
 
-def referenced_upload_keys(session: Session, *, keys: Sequence[str]) -> set[str]:
-    """Those of ``keys`` that a job's input image refers to (the rest are uploads no job uses)."""
+def referenced_upload_keys(session: Session, *, keys: Sequence[str], except_job: uuid.UUID | None = None) -> set[str]:
+    """Those of ``keys`` that the input image of a job not deleted (other than ``except_job``) refers to;
+    the rest are uploads no job uses."""
     if not keys:
         return set()
     image_key = Job.input["image"]["key"].astext
-    query = select(image_key).where(Job.input.has_key("image"), image_key.in_(list(keys))).distinct()
-    return set(session.scalars(query))
+    query = select(image_key).where(Job.input.has_key("image"), image_key.in_(list(keys)), Job.deleted_at.is_(None))
+    if except_job is not None:
+        query = query.where(Job.id != except_job)
+    return set(session.scalars(query.distinct()))

@@ -87,6 +87,19 @@ class Job(Base):
             text("(input -> 'image' ->> 'key')"),
             postgresql_where=text("input ? 'image'"),
         ),
+        # The sweeper's retention passes: finished jobs that still hold everything, or their intermediates.
+        Index(
+            "ix_jobs_finished_kept",
+            "finished_at",
+            postgresql_where=text("finished_at IS NOT NULL AND deleted_at IS NULL"),
+        ),
+        Index(
+            "ix_jobs_finished_with_intermediates",
+            "finished_at",
+            postgresql_where=text("finished_at IS NOT NULL AND deleted_at IS NULL AND intermediates_purged_at IS NULL"),
+        ),
+        # Deletions the object store interrupted, which the sweeper finishes.
+        Index("ix_jobs_unpurged", "deleted_at", postgresql_where=text("deleted_at IS NOT NULL AND purged_at IS NULL")),
     )
 
     id: Mapped[UUIDPk]
@@ -111,6 +124,12 @@ class Job(Base):
     created_at: Mapped[Created]
     started_at: Mapped[Timestamp]
     finished_at: Mapped[Timestamp]
+    # Deleted: a tombstone (its id is never used again). Purged: everything it stored is gone; a deletion the
+    # object store interrupted has the first without the second, and the sweeper finishes it.
+    deleted_at: Mapped[Timestamp]
+    purged_at: Mapped[Timestamp]
+    # Its non-final images and prompt embeddings are gone (retention); a retry then runs every stage again.
+    intermediates_purged_at: Mapped[Timestamp]
 
     stages: Mapped[list["JobStage"]] = relationship(
         back_populates="job", order_by="JobStage.position", cascade="all, delete-orphan", lazy="selectin"

@@ -6,7 +6,7 @@ import uuid
 from core.statuses import JobStatus, StageStatus
 from db import jobs as job_queries
 from workers.lifecycle import job_transaction
-from workers.sweeper import sweep_lost_jobs
+from workers.sweeper import sweep_lost_jobs, sweep_retention
 from workers.unused_uploads import sweep_unused_uploads
 from workers.webhooks import sweep_due_webhooks
 
@@ -30,7 +30,9 @@ def finalize_job(job_id: uuid.UUID, seq: int) -> None:
 
 
 def sweep() -> None:
-    """Re-enqueue the jobs and webhook deliveries the broker lost; now and then, delete unused uploads."""
+    """Re-enqueue the jobs and webhook deliveries the broker lost; delete what finished jobs may no longer keep;
+    now and then, delete unused uploads."""
     sweep_lost_jobs()
     sweep_due_webhooks()
+    sweep_retention()
     sweep_unused_uploads()
