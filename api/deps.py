@@ -10,6 +10,7 @@ from collections.abc import AsyncIterator
 from typing import Annotated
 
 from fastapi import Depends, Request
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from sqlalchemy.orm import Session
 from starlette.concurrency import run_in_threadpool
 
@@ -46,6 +47,17 @@ async def _store() -> ObjectStore:
     return await run_in_threadpool(process_store)
 
 
+# Documents the scheme in OpenAPI (so /docs can "Authorize"); it never answers itself: a missing or malformed
+# header is found by _bearer_token below, which answers in the contract's error body.
+_bearer_scheme = HTTPBearer(
+    auto_error=False,
+    scheme_name="ApiKey",
+    bearerFormat="API key",
+    description="`Authorization: Bearer <api key>`; a key belongs to one tenant",
+)
+BearerCredentials = Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer_scheme)]
+
+
 def _bearer_token(request: Request) -> str:
     header = request.headers.get("authorization")
     if not header:
@@ -63,14 +75,16 @@ def _authenticated(request: Request, settings: Settings) -> Caller:
     return caller
 
 
-def _rate_limited_caller(request: Request, settings: Annotated[Settings, Depends(_settings)]) -> Caller:
+def _rate_limited_caller(
+    request: Request, settings: Annotated[Settings, Depends(_settings)], _: BearerCredentials
+) -> Caller:
     """The caller, once its tenant's requests per minute allow this request (else a 429)."""
     caller = _authenticated(request, settings)
     quotas.enforce_rate_limit(caller.tenant, settings=settings)
     return caller
 
 
-def _admin_caller(request: Request, settings: Annotated[Settings, Depends(_settings)]) -> Caller:
+def _admin_caller(request: Request, settings: Annotated[Settings, Depends(_settings)], _: BearerCredentials) -> Caller:
     caller = _authenticated(request, settings)
     if not caller.is_admin:
         raise Forbidden("this needs an admin API key", field="Authorization")

@@ -1,5 +1,6 @@
-"""Cancel, retry and redeliver: the state changes shared by the /v1 routes and the admin dashboard."""
+"""Cancel, retry, delete and redeliver: the state changes shared by the /v1 routes and the admin dashboard."""
 
+import logging
 import uuid
 from contextlib import suppress
 
@@ -12,10 +13,15 @@ from core.errors import Conflict, NotFound, QuotaExceeded
 from core.live_events import append_live, stream_key
 from core.redis_client import cancel_key, get_redis
 from db import jobs as job_queries
+from db import retention
 from db import webhooks as webhook_queries
 from db.events import JobEvents
 from db.models import Job, JobStatus, Tenant, WebhookEvent
+from storage.errors import StoreError
+from storage.object_store import ObjectStore
 from workers.dispatch import dispatch_job, enqueue_delivery
+
+log = logging.getLogger(__name__)
 
 
 def cancel_job_now(session: Session, job: Job) -> None:
@@ -37,6 +43,8 @@ def retry_job_now(session: Session, job: Job, *, quota: Settings | None = None) 
     With ``quota`` (the settings whose defaults apply), the job counts against its tenant's jobs in flight
     as a new submission would: a QuotaExceeded leaves it as it was.
     """
+    if job.deleted_at is not None:
+        raise Conflict("this job was deleted: its outputs are gone; submit it again as a new job", field="deleted_at")
     if job.status not in (JobStatus.FAILED, JobStatus.CANCELED):
         raise Conflict(f"only failed or canceled jobs can be retried; this one is {job.status}", field="status")
     job_queries.reset_for_retry(job)
@@ -58,6 +66,31 @@ def retry_job_now(session: Session, job: Job, *, quota: Settings | None = None) 
         get_redis().delete(cancel_key(job.id), stream_key(job.id))
     append_live(job.id, "status", {"status": str(job.status)})
     dispatch_job(session, job)
+
+
+def delete_job_now(session: Session, job: Job, store: ObjectStore, *, upload_grace_s: float) -> None:
+    """Delete a finished job (locked for update): its rows' outputs at once, then its objects; commits.
+
+    The tombstone and the forgotten rows are committed before any object is deleted. If the object store
+    fails then, the job stays deleted for every client and the sweeper deletes the objects later: nothing is
+    orphaned, and no job looks whole with half its images gone. Deleting a deleted job again does nothing new.
+    """
+    if not JobStatus(job.status).is_terminal:
+        raise Conflict(
+            f"only a finished job can be deleted; this one is {job.status}: cancel it first"
+            f" (POST /v1/jobs/{job.id}/cancel), then delete it once it is canceled",
+            field="status",
+        )
+    retention.mark_deleted(session, job)
+    session.commit()
+    if job.purged_at is not None:
+        return
+    try:
+        retention.purge_objects(session, job, store, upload_grace_s=upload_grace_s)
+        session.commit()
+    except StoreError as exc:
+        session.rollback()
+        log.warning("job %s deleted; its objects wait for the sweeper: %s", job.id, exc)
 
 
 def redeliver_event(session: Session, job: Job, delivery_id: str) -> WebhookEvent:

@@ -6,6 +6,7 @@ from contextlib import asynccontextmanager
 from fastapi import FastAPI
 
 from api.errors import install_error_handlers
+from api.openapi import install_openapi
 from api.request_guard import RequestGuard
 from api.routes import admin, events, files, health, jobs, metrics, models, search, webhooks
 from storage.factory import process_store
@@ -26,6 +27,7 @@ def create_app() -> FastAPI:
         lifespan=_lifespan,
     )
     install_error_handlers(app)
+    install_openapi(app)
     app.add_middleware(RequestGuard)
     app.include_router(health.router)
     app.include_router(metrics.router)

@@ -79,12 +79,15 @@ class JobPublic(BaseModel):
     finished_at: datetime | None
     stages: list[StagePublic]
     output: JobOutput | None
+    # When the job was deleted (by DELETE /v1/jobs/{id}, or by the output retention): its row stays, its
+    # images, embeddings and index entries are gone.
+    deleted_at: datetime | None = None
 
     @classmethod
     def from_row(cls, job: "Job", store: UrlSigner, ttl_s: int) -> "JobPublic":
         """The public view of a job row, with fresh presigned URLs for its images."""
-        stages = [_stage_public(stage, store, ttl_s) for stage in job.stages]
-        output = _output(job, stages) if job.status == JobStatus.SUCCEEDED else None
+        stages = [_stage_public(stage, store, ttl_s, deleted=job.deleted_at is not None) for stage in job.stages]
+        output = _output(job, stages) if job.status == JobStatus.SUCCEEDED and job.deleted_at is None else None
         return cls(
             id=job.id,
             kind=job.kind,
@@ -99,6 +102,7 @@ class JobPublic(BaseModel):
             finished_at=job.finished_at,
             stages=stages,
             output=output,
+            deleted_at=job.deleted_at,
         )
 
 
@@ -118,19 +122,23 @@ def _output(job: "Job", stages: list[StagePublic]) -> JobOutput:
     )
 
 
-def _stage_public(stage: "JobStage", store: UrlSigner, ttl_s: int) -> StagePublic:
-    outputs = [
-        OutputFile(
-            index=o["index"],
-            url=store.presigned_url(o["key"], ttl_s) if "key" in o else None,
-            width=o.get("width"),
-            height=o.get("height"),
-            seed=o.get("seed"),
-            caption=o.get("caption"),
-            embedding_id=o.get("embedding_id"),
-        )
-        for o in stage.outputs
-    ]
+def _stage_public(stage: "JobStage", store: UrlSigner, ttl_s: int, *, deleted: bool) -> StagePublic:
+    outputs = (
+        []
+        if deleted
+        else [
+            OutputFile(
+                index=o["index"],
+                url=store.presigned_url(o["key"], ttl_s) if "key" in o else None,
+                width=o.get("width"),
+                height=o.get("height"),
+                seed=o.get("seed"),
+                caption=o.get("caption"),
+                embedding_id=o.get("embedding_id"),
+            )
+            for o in stage.outputs
+        ]
+    )
     return StagePublic(
         name=stage.name,
         status=stage.status,

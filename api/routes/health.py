@@ -39,7 +39,17 @@ def _storage() -> None:
 _CHECKS: dict[str, Callable[[], None]] = {"database": ping, "broker": _broker, "storage": _storage}
 
 
-@router.get("/readyz")
+@router.get(
+    "/readyz",
+    responses={
+        200: {"description": 'every dependency answered: `{"status": "ready", "checks": {...}}`'},
+        503: {
+            "description": 'a dependency did not answer: `{"status": "unavailable", "checks": {"database":'
+            ' "ok", "broker": "error: unreachable", ...}}`',
+            "content": {"application/json": {"schema": {"type": "object"}}},
+        },
+    },
+)
 def read_readiness() -> JSONResponse:
     """The database, the broker and the object store each answer within ``CHECK_TIMEOUT_S``."""
     futures = {name: _checks_pool.submit(check) for name, check in _CHECKS.items()}

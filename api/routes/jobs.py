@@ -1,13 +1,14 @@
-"""/v1/jobs: submit, read, list, cancel and retry jobs."""
+"""/v1/jobs: submit, read, list, cancel, retry and delete jobs."""
 
-from typing import Annotated
+from typing import Annotated, Any
 
-from fastapi import APIRouter, Header, Query, Response, status
+from fastapi import APIRouter, Body, Header, Query, Response, status
 
 from api.deps import CurrentKey, JobSnapshot, LockedJob, SessionDep, SettingsDep, StoreDep
 from api.etags import job_etag, none_match
-from api.job_control import cancel_job_now, retry_job_now
+from api.job_control import cancel_job_now, delete_job_now, retry_job_now
 from api.long_requests import wait_slot
+from api.openapi import error_responses
 from api.prefer_wait import parse_prefer_wait, wait_for_job
 from api.quotas import check_jobs_in_flight, check_priority
 from api.schemas import JobCreate, JobList
@@ -24,15 +25,82 @@ from workers.dispatch import dispatch_new_job
 router = APIRouter(prefix="/v1/jobs", tags=["jobs"])
 _JSON = "application/json"
 
+_LOCATION = {"Location": {"description": "the job's URL: `/v1/jobs/{id}`", "schema": {"type": "string"}}}
+_PREFERENCE_APPLIED = {
+    "Preference-Applied": {
+        "description": "`wait=N` when the answer was held for `Prefer: wait=N` (absent when the server ignored it)",
+        "schema": {"type": "string"},
+    }
+}
+# An 8x8 PNG: the smallest image a caption or index job takes as it is.
+_EXAMPLE_PNG = (
+    "iVBORw0KGgoAAAANSUhEUgAAAAgAAAAICAIAAABLbSncAAAAFUlEQVR42mM8UaHBgA0wMeAAg1MCAB4nAXgllso1AAAAAElFTkSuQmCC"
+)
+_JOB_EXAMPLES: dict[str, Any] = {
+    "generate": {
+        "summary": "generate: text to image through the cascade",
+        "value": {
+            "kind": "generate",
+            "input": {
+                "prompt": "a corgi wearing a crown",
+                "negative_prompt": "blurry",
+                "num_images": 1,
+                "seed": 42,
+                "stages": {"base": {"steps": 50, "guidance_scale": 7.0}, "sr256": {"steps": 25, "noise_level": 250}},
+                "caption": True,
+                "index": False,
+                "output_format": "webp",
+                "output_quality": 90,
+            },
+            "priority": 5,
+            "metadata": {"user": "u-17"},
+        },
+    },
+    "caption": {
+        "summary": "caption: describe an image in words",
+        "value": {"kind": "caption", "input": {"image": {"base64": _EXAMPLE_PNG}, "max_new_tokens": 30}},
+    },
+    "index": {
+        "summary": "index: add an earlier job's image to the tenant's search index",
+        "value": {
+            "kind": "index",
+            "input": {
+                "image": {
+                    "artifact": {"job_id": "0b9c1a52-5a3c-4c0e-9f4e-2f1d7c3b8a10", "stage": "sr_1024", "index": 0}
+                },
+                "text": "a corgi wearing a crown",
+                "collection": "default",
+            },
+        },
+    },
+}
+
+
+def _job_location(job_id: object) -> str:
+    return f"{router.prefix}/{job_id}"
+
 
 @router.post(
     "",
     status_code=status.HTTP_202_ACCEPTED,
     response_model=JobPublic,
-    responses={200: {"model": JobPublic, "description": "the job ended within Prefer: wait"}},
+    responses={
+        202: {"description": "the job is recorded and queued", "headers": _LOCATION},
+        200: {
+            "model": JobPublic,
+            "description": "the job ended within `Prefer: wait`",
+            "headers": {**_LOCATION, **_PREFERENCE_APPLIED},
+        },
+        **error_responses(
+            404,
+            409,
+            s404="input.image names an artifact that is not among the tenant's jobs, or no longer stored",
+            s409="this Idempotency-Key was used with another request body",
+        ),
+    },
 )
 def create_job(
-    body: JobCreate,
+    body: Annotated[JobCreate, Body(openapi_examples=_JOB_EXAMPLES)],
     key: CurrentKey,
     session: SessionDep,
     store: StoreDep,
@@ -64,7 +132,7 @@ def create_job(
             append_live(job.id, "status", {"status": str(job.status)})
             count_events(submitted=[job.kind])
             dispatch_new_job(session, job)
-    headers: dict[str, str] = {}
+    headers: dict[str, str] = {"Location": _job_location(job.id)}
     if wait_s > 0 and not JobStatus(job.status).is_terminal:
         with wait_slot(
             key.tenant_id,
@@ -127,8 +195,23 @@ def cancel_job(job: LockedJob, session: SessionDep, store: StoreDep, settings: S
     return JobPublic.from_row(job, store, settings.presign_ttl_s)
 
 
-@router.post("/{job_id}/retry", response_model=JobPublic)
+@router.post(
+    "/{job_id}/retry",
+    response_model=JobPublic,
+    responses=error_responses(409, s409="the job is neither failed nor canceled, or it was deleted"),
+)
 def retry_job(job: LockedJob, session: SessionDep, store: StoreDep, settings: SettingsDep) -> JobPublic:
     """Queue a failed or canceled job again from its first unfinished stage (it counts against the quota)."""
     retry_job_now(session, job, quota=settings)
+    return JobPublic.from_row(job, store, settings.presign_ttl_s)
+
+
+@router.delete(
+    "/{job_id}",
+    response_model=JobPublic,
+    responses=error_responses(409, s409="the job has not finished: cancel it first, then delete it"),
+)
+def delete_job(job: LockedJob, session: SessionDep, store: StoreDep, settings: SettingsDep) -> JobPublic:
+    """Delete a finished job's images, embeddings, upload and index entries; the job stays, with ``deleted_at``."""
+    delete_job_now(session, job, store, upload_grace_s=settings.unused_upload_ttl_s)
     return JobPublic.from_row(job, store, settings.presign_ttl_s)

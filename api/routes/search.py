@@ -12,6 +12,7 @@ from api.callers import Caller
 from api.deps import CurrentKey, SessionDep, SettingsDep, StoreDep
 from api.images import resolve_image_input
 from api.long_requests import release_slot, take_slot
+from api.openapi import error_responses
 from api.schemas import SearchRequest, SearchResponse, SearchResult
 from core.config import Settings
 from core.errors import InvalidInput, ServiceUnavailable, TooManyRequests
@@ -47,7 +48,13 @@ def embed_query(preset: str, *, text: str | None = None, image_key: str | None =
     return str(answer["model"]), [float(x) for x in answer["vector"]]
 
 
-@router.post("/search", response_model=SearchResponse)
+@router.post(
+    "/search",
+    response_model=SearchResponse,
+    responses=error_responses(
+        404, s404="the query image names an artifact that is not among the tenant's jobs, or no longer stored"
+    ),
+)
 def search_index(
     body: SearchRequest, key: CurrentKey, session: SessionDep, store: StoreDep, settings: SettingsDep
 ) -> SearchResponse:

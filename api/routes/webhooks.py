@@ -4,6 +4,7 @@ from fastapi import APIRouter
 
 from api.deps import CurrentJob, CurrentKey, SessionDep
 from api.job_control import redeliver_event
+from api.openapi import error_responses
 from api.schemas import DeliveryAttempt, DeliveryList, WebhookDelivery, WebhookSecret
 from db import webhooks as webhook_queries
 from db.models import Tenant, WebhookEvent
@@ -37,7 +38,11 @@ def list_deliveries(job: CurrentJob, session: SessionDep) -> DeliveryList:
     return DeliveryList(items=[_delivery(e) for e in webhook_queries.list_deliveries(session, job_id=job.id)])
 
 
-@router.post("/jobs/{job_id}/deliveries/{delivery_id}/redeliver", response_model=WebhookDelivery)
+@router.post(
+    "/jobs/{job_id}/deliveries/{delivery_id}/redeliver",
+    response_model=WebhookDelivery,
+    responses=error_responses(409, s409="an attempt at delivering this event is in flight right now"),
+)
 def redeliver_webhook(job: CurrentJob, delivery_id: str, session: SessionDep) -> WebhookDelivery:
     """Deliver an event again, on a fresh retry schedule (its attempt log is kept)."""
     event = redeliver_event(session, job, delivery_id)
