@@ -152,9 +152,18 @@ def checked_webhook(spec: WebhookSpec, settings: Settings) -> dict[str, Any]:
     return {"url": spec.url, "events": sorted(set(spec.events))}
 
 
+# Input fields added after keys were first remembered, with their defaults: left out of the hash while they
+# hold them, so a request hashes as it did before they existed and its retry still finds its job.
+_LATER_DEFAULTS = {"output_format": "png", "output_quality": None}
+
+
 def request_fingerprint(body: JobCreate) -> str:
     """A hash of the request as parsed, so formatting and key order do not matter."""
-    canonical = json.dumps(body.model_dump(mode="json"), sort_keys=True, separators=(",", ":"))
+    data = body.model_dump(mode="json")
+    for name, default in _LATER_DEFAULTS.items():
+        if name in data["input"] and data["input"][name] == default:
+            del data["input"][name]
+    canonical = json.dumps(data, sort_keys=True, separators=(",", ":"))
     return hashlib.sha256(canonical.encode()).hexdigest()
 
 

@@ -248,7 +248,7 @@ def read_job(
         deliveries=webhook_queries.list_deliveries(session, job_id=job.id),
         error=error,
         can_cancel=not JobStatus(job.status).is_terminal and not job.cancel_requested,
-        can_retry=job.status in (JobStatus.FAILED, JobStatus.CANCELED),
+        can_retry=job.status in (JobStatus.FAILED, JobStatus.CANCELED) and job.deleted_at is None,
         cancel_requested=job.cancel_requested,
     )
 

@@ -86,6 +86,8 @@ def test_tiny_defaults_are_unchanged(resolve: Resolve) -> None:
         },
         "caption": False,
         "index": False,
+        "output_format": "png",
+        "output_quality": None,
     }
 
 
