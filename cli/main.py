@@ -16,6 +16,7 @@ from cli.admin_commands import (
 )
 from cli.client_commands import cmd_cancel, cmd_caption, cmd_generate, cmd_index, cmd_search, cmd_status, cmd_watch
 from cli.model_commands import cmd_build_tiny, cmd_build_toy, cmd_models_list
+from cli.models_fetch import cmd_models_fetch
 from cli.system_commands import cmd_api, cmd_beat, cmd_migrate, cmd_up, cmd_worker
 from core.routing import QUEUES
 
@@ -80,6 +81,12 @@ def build_parser() -> argparse.ArgumentParser:
     list_models = models_sub.add_parser("list", help="list the presets, their stages, and which are available here")
     list_models.add_argument("--models-dir", type=Path, default=None)
     list_models.set_defaults(func=cmd_models_list)
+    fetch = models_sub.add_parser(
+        "fetch", help="download a hub preset's weights into the Hugging Face cache (HF_TOKEN), or build a local one"
+    )
+    fetch.add_argument("preset")
+    fetch.add_argument("--models-dir", type=Path, default=None)
+    fetch.set_defaults(func=cmd_models_fetch)
 
     gen = sub.add_parser("generate", help="submit a generate job, wait, download its images")
     gen.add_argument("prompt")

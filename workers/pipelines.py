@@ -17,6 +17,7 @@ import torch
 # From their modules, not `diffusers`: its lazy top level shows type checkers placeholder classes.
 from diffusers.pipelines.deepfloyd_if.pipeline_if import IFPipeline
 from diffusers.pipelines.deepfloyd_if.pipeline_if_superresolution import IFSuperResolutionPipeline
+from diffusers.pipelines.deepfloyd_if.safety_checker import IFSafetyChecker
 from diffusers.pipelines.pipeline_utils import DiffusionPipeline
 from diffusers.pipelines.stable_diffusion.pipeline_stable_diffusion_upscale import (
     StableDiffusionUpscalePipeline,
@@ -39,6 +40,26 @@ PIPELINE_CLASSES: dict[StageKind, type[DiffusionPipeline]] = {
     "if_sr": IFSuperResolutionPipeline,
     "sd_upscale": StableDiffusionUpscalePipeline,
 }
+
+
+def _complete_safety_checker_init() -> None:
+    """diffusers' IFSafetyChecker, a transformers model, never calls ``post_init``, whose attributes
+    (``all_tied_weights_keys``) transformers 5 reads while loading: DeepFloyd IF's stage I and II could not
+    load their safety checker. Its constructor finishes the job here, once, where it was left undone."""
+    init = IFSafetyChecker.__init__
+    if getattr(init, "_completed", False):
+        return
+
+    def __init__(self: IFSafetyChecker, *args: Any, **kwargs: Any) -> None:
+        init(self, *args, **kwargs)
+        if not hasattr(self, "all_tied_weights_keys"):
+            self.post_init()
+
+    __init__._completed = True  # type: ignore[attr-defined]
+    IFSafetyChecker.__init__ = __init__  # type: ignore[method-assign]
+
+
+_complete_safety_checker_init()
 
 
 TEXT_ENCODER = "text_encoder"
@@ -182,6 +203,29 @@ def quiet_progress_bars() -> Iterator[None]:
 
 # Stage I's safety modules: the base pipeline runs them on final images, and the x4 upscaler borrows them.
 _SAFETY_MODULES = ("safety_checker", "feature_extractor", "watermarker")
+# The components of a stage's folder that a part never loads: the text encoder part holds no UNet, IF's
+# stages take encoded prompts, and the x4 upscaler gets stage I's safety modules (read with no UNet or
+# text encoder when this process does not hold stage I). `models fetch` downloads nothing else.
+TEXT_ENCODER_LEAVES_OUT = ("unet", *_SAFETY_MODULES)
+LEAVES_OUT: dict[StageKind, tuple[str, ...]] = {
+    "if": ("text_encoder", "tokenizer"),
+    "if_sr": ("text_encoder", "tokenizer"),
+    "sd_upscale": _SAFETY_MODULES,
+}
+SAFETY_LENDER_LEAVES_OUT = ("unet", "text_encoder", "tokenizer")
+
+
+def folders_read(preset: Preset, name: str) -> list[tuple[StageSpec, tuple[str, ...]]]:
+    """The stage folders (hub repositories) part ``name`` of ``preset`` may read, each with the components
+    of its ``model_index.json`` that the part leaves out."""
+    base = preset.base_stage
+    if name == TEXT_ENCODER:
+        return [(base, TEXT_ENCODER_LEAVES_OUT)]
+    spec = preset.stage(name)
+    folders = [(spec, LEAVES_OUT[spec.kind])]
+    if spec.kind == "sd_upscale":
+        folders.append((base, SAFETY_LENDER_LEAVES_OUT))
+    return folders
 
 
 def _load_pipeline(
@@ -189,22 +233,22 @@ def _load_pipeline(
 ) -> DiffusionPipeline:
     base = preset.base_stage
     if name == TEXT_ENCODER:
-        skip = {"unet": None, **dict.fromkeys(_SAFETY_MODULES)}
+        skip = dict.fromkeys(TEXT_ENCODER_LEAVES_OUT)
         return _load_stage(IFPipeline, preset, base, models_dir, dtype, requires_safety_checker=False, **skip)
     spec = preset.stage(name)
     components: dict[str, Any] = {}
     if spec.kind in ("if", "if_sr"):
         # IF's stages take their text embeddings from the text encoder part: no text encoder of their own.
-        components = {"text_encoder": None, "tokenizer": None}
+        components = dict.fromkeys(LEAVES_OUT[spec.kind])
     elif spec.kind == "sd_upscale":
         # The x4 upscaler has no safety modules of its own; diffusers' IF recipe lends it stage I's.
         lender: DiffusionPipeline
         if base.name in lend:
             lender = lend[base.name].pipeline
         else:
-            skip = {"unet": None, "text_encoder": None, "tokenizer": None}
+            skip = dict.fromkeys(SAFETY_LENDER_LEAVES_OUT)
             lender = _load_stage(IFPipeline, preset, base, models_dir, dtype, **skip)
-        components = {m: getattr(lender, m) for m in _SAFETY_MODULES if getattr(lender, m, None) is not None}
+        components = {m: getattr(lender, m) for m in LEAVES_OUT[spec.kind] if getattr(lender, m, None) is not None}
     return _load_stage(PIPELINE_CLASSES[spec.kind], preset, spec, models_dir, dtype, **components)
 
 
@@ -264,7 +308,9 @@ def _load_stage(
 ) -> _Pipeline:
     location = _locate(preset, spec, models_dir)
     options: dict[str, Any] = {"dtype": dtype, "local_files_only": True, **components}
-    if dtype == torch.float16 and spec.variant is not None:
+    if spec.variant is not None:
+        # The files of the variant on every device (`models fetch` downloads no others): a CPU reads the
+        # fp16 weights and computes in fp32.
         options["variant"] = spec.variant
     try:
         pipeline = pipeline_class.from_pretrained(location, **options)
