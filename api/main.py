@@ -9,11 +9,14 @@ from api.errors import install_error_handlers
 from api.openapi import install_openapi
 from api.request_guard import RequestGuard
 from api.routes import admin, events, files, health, jobs, metrics, models, search, webhooks
+from core.config import get_settings
 from storage.factory import process_store
 
 
 @asynccontextmanager
 async def _lifespan(_: FastAPI) -> AsyncIterator[None]:
+    if get_settings().require_secret_key and not get_settings().secret_key:
+        raise RuntimeError("IMAGEN_REQUIRE_SECRET_KEY is set: set IMAGEN_SECRET_KEY, the same on every API replica")
     process_store()  # the bucket exists before the first request
     yield
 

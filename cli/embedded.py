@@ -13,11 +13,15 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import httpx
 
 from cli.supervisor import Supervisor
 from core.config import Settings
+
+if TYPE_CHECKING:
+    from sqlalchemy.orm import Session
 
 log = logging.getLogger(__name__)
 
@@ -37,8 +41,7 @@ def _ensure_admin_key(settings: Settings, env: dict[str, str]) -> tuple[str | No
     with session_scope() as session:
         tenant = tenants.get_or_create_tenant(session, name="default")
         if settings.admin_api_key:
-            if tenants.find_api_key(session, key=settings.admin_api_key) is None:
-                tenants.create_api_key(session, tenant=tenant, is_admin=True, key=settings.admin_api_key)
+            register_admin_key(session, settings.admin_api_key)
             return settings.admin_api_key, False
         if path.exists():
             return path.read_text().strip(), False
@@ -49,6 +52,18 @@ def _ensure_admin_key(settings: Settings, env: dict[str, str]) -> tuple[str | No
     with os.fdopen(fd, "w") as f:
         f.write(key + "\n")
     return key, True
+
+
+def register_admin_key(session: "Session", key: str) -> bool:
+    """Record ``key`` (IMAGEN_ADMIN_API_KEY) as an admin key of the default tenant unless it is live already;
+    whether it was added. `up` calls it on every start, and so does `migrate` (compose's one-shot service)."""
+    from db import tenants
+
+    if tenants.find_api_key(session, key=key) is not None:
+        return False
+    tenant = tenants.get_or_create_tenant(session, name="default")
+    tenants.create_api_key(session, tenant=tenant, is_admin=True, key=key)
+    return True
 
 
 def _wait_ready(url: str, children: list[subprocess.Popen[bytes]], timeout_s: float = 60.0) -> None:

@@ -49,8 +49,17 @@ def cmd_beat(args: argparse.Namespace) -> int:
 
 
 def cmd_migrate(_: argparse.Namespace) -> int:
+    from cli.embedded import register_admin_key
+    from core.config import get_settings
     from db.migrate import upgrade
+    from db.session import session_scope
 
     upgrade()
     print("database is at the latest schema")
+    key = get_settings().admin_api_key
+    if key:
+        # Compose runs this one-shot before the API: IMAGEN_ADMIN_API_KEY works from the first request.
+        with session_scope() as session:
+            added = register_admin_key(session, key)
+        print("admin API key registered" if added else "admin API key already registered")
     return 0

@@ -31,7 +31,11 @@ class Settings(BaseSettings):
     presign_ttl_s: int = 3600
 
     public_url: str = "http://127.0.0.1:8000"
+    # Signs the dashboard's sessions and the folder store's URLs; unset, each machine keeps its own in
+    # data_dir, which only a single machine (`imagen-queue up`) can share. Production (compose) sets both:
+    # with require_secret_key the API refuses to start without it, so replicas never disagree on sessions.
     secret_key: str | None = None
+    require_secret_key: bool = False
 
     model_preset: str = "tiny"
     models_dir: Path | None = None

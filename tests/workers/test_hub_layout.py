@@ -190,6 +190,7 @@ def _run_job(client: Client) -> dict[str, object]:
     stages = {"base": {"steps": 3}, "sr256": {"steps": 2}, "sr1024": {"steps": 2}}
     created = client.submit("a corgi wearing a crown", seed=3, stages=stages, caption=True, index=True)
     job = client.wait(created["id"], timeout_s=300)
+    assert job["status"] == "succeeded", (job, client.system.worker.log_tail(60) if client.system.worker else "")
     response = httpx.get(job["output"]["images"][0]["url"], timeout=30)
     assert response.status_code == 200 and response.content.startswith(b"\x89PNG")
     return job
