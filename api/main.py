@@ -10,6 +10,7 @@ from api.openapi import install_openapi
 from api.request_guard import RequestGuard
 from api.routes import admin, events, files, health, jobs, metrics, models, search, webhooks
 from core.config import get_settings
+from core.tracing import setup_tracing
 from storage.factory import process_store
 
 
@@ -41,6 +42,8 @@ def create_app() -> FastAPI:
     app.include_router(models.router)
     app.include_router(files.router)
     app.include_router(admin.router)
+    # Off unless IMAGEN_OTLP_ENDPOINT is set; Celery too, so that each job's messages carry its trace.
+    setup_tracing("api", fastapi_app=app, celery=True)
     return app
 
 

@@ -13,6 +13,7 @@ from fastapi.responses import JSONResponse
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from api.images import MAX_BASE64_CHARS
+from core.logs import log_context
 
 # The largest request the contract needs: an image of MAX_IMAGE_BYTES as base64, plus the rest of a job.
 MAX_REQUEST_BYTES = MAX_BASE64_CHARS + 1024 * 1024
@@ -65,7 +66,8 @@ class RequestGuard:
                 message["headers"] = [*message.get("headers", []), (REQUEST_ID_HEADER.encode(), request_id.encode())]
             await send(message)
 
-        await self.app(scope, capped_receive, send_with_id)
+        with log_context(request_id=request_id):
+            await self.app(scope, capped_receive, send_with_id)
 
 
 def _too_large(message: str, request_id: str) -> JSONResponse:

@@ -31,8 +31,10 @@ from core.job_input import (
     stored_input,
 )
 from core.limits import MAX_SEED
+from core.logs import current_request_id
 from core.presets import Preset
 from core.routing import generate_stages, single_stage
+from core.tracing import current_traceparent
 from db import jobs as job_queries
 from db.idempotency import find_idempotency_key
 from db.models import Job
@@ -139,6 +141,8 @@ def create_job_row(
         webhook=webhook,
         queued_at=job_queries.now(),
         dispatched_at=job_queries.now(),
+        request_id=current_request_id(),
+        traceparent=current_traceparent(),
     )
     return job
 

@@ -2,6 +2,7 @@
 
 from functools import lru_cache
 from pathlib import Path
+from typing import Literal
 
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -111,6 +112,14 @@ class Settings(BaseSettings):
     # Jobs each sweep purges, of each kind (deletions to finish, outputs, intermediates): a backlog after the
     # settings are first set drains over several sweeps instead of holding one for long.
     retention_batch: int = Field(default=50, ge=1)
+
+    # ``json``: one JSON object a log line, each with the request id of the job it is about (core/logs.py).
+    log_format: Literal["text", "json"] = "text"
+    # An OTLP/HTTP collector (e.g. http://otel-collector:4318): traces of the API, Celery, SQLAlchemy and
+    # Redis go there, one trace per job from its submission through every stage. Unset: no tracing.
+    otlp_endpoint: str | None = None
+    # The service name traces carry; each process adds its role (api, worker, beat).
+    otel_service_name: str = "imagen-queue"
 
     @property
     def resolved_models_dir(self) -> Path:

@@ -34,6 +34,8 @@ def create_job(
     webhook: dict[str, Any] | None = None,
     queued_at: datetime | None = None,
     dispatched_at: datetime | None = None,
+    request_id: str | None = None,
+    traceparent: str | None = None,
 ) -> Job:
     """A queued job with one pending row per ``(stage name, queue)``, in order; ``queued_at`` is the first
     stage's. Everything is in the INSERTs: nothing is left for an UPDATE at commit."""
@@ -48,6 +50,8 @@ def create_job(
         status=JobStatus.QUEUED,
         dispatch_seq=1,
         dispatched_at=dispatched_at,
+        request_id=request_id,
+        traceparent=traceparent,
     )
     job.stages = [
         JobStage(name=name, queue=queue, position=i, status=StageStatus.PENDING, progress=0.0, attempts=0, outputs=[])

@@ -120,6 +120,11 @@ class Job(Base):
     # The sequence number of the job's latest webhook event: each event takes the next one, in the
     # transaction that records it, so a receiver can order a job's events however they arrive.
     webhook_seq: Mapped[int] = mapped_column(Integer, default=0, server_default=text("0"))
+    # The id of the request that submitted the job and, when tracing is on, its W3C traceparent: every
+    # message that sends the job on carries them, so that each stage's log lines name the request and its
+    # spans join the request's trace (core/logs.py, core/tracing.py).
+    request_id: Mapped[str | None] = mapped_column(String(64))
+    traceparent: Mapped[str | None] = mapped_column(String(64))
     dispatched_at: Mapped[Timestamp]
     created_at: Mapped[Created]
     started_at: Mapped[Timestamp]

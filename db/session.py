@@ -8,18 +8,22 @@ from sqlalchemy import Engine, create_engine, text
 from sqlalchemy.orm import Session, sessionmaker
 
 from core.config import get_settings
+from core.tracing import trace_engine
 
 
 @lru_cache
 def get_engine() -> Engine:
-    """The process's pooled engine for ``IMAGEN_DATABASE_URL`` (created lazily, after any fork)."""
-    return create_engine(
+    """The process's pooled engine for ``IMAGEN_DATABASE_URL`` (created lazily, after any fork); its
+    statements are traced when tracing is on (core/tracing.py)."""
+    engine = create_engine(
         get_settings().database_url,
         pool_pre_ping=True,
         pool_size=5,
         max_overflow=10,
         connect_args={"connect_timeout": 5},
     )
+    trace_engine(engine)
+    return engine
 
 
 @lru_cache

@@ -4,10 +4,13 @@ Importing this module never imports torch: the API imports it to enqueue work by
 """
 
 from datetime import timedelta
+from typing import Any
 
-from celery import Celery
+from celery import Celery, Task
+from celery.signals import before_task_publish, task_postrun, task_prerun
 from kombu import Queue
 
+from core import logs
 from core.config import get_settings
 from core.routing import QUEUES, SWEEP_TASK, TASK_QUEUES
 
@@ -68,3 +71,35 @@ def create_app() -> Celery:
 
 
 app = create_app()
+
+
+@before_task_publish.connect
+def _carry_request_id(headers: dict[str, Any] | None = None, **_: Any) -> None:
+    """A message sent while serving a request (or running a task of one) carries its request id, unless the
+    sender set one (a job's stages carry the job's own: see ``workers.dispatch.enqueue_stage``)."""
+    if headers is not None:
+        headers.update(logs.task_headers(headers))
+
+
+@task_prerun.connect
+def _bind_log_context(task_id: str | None = None, task: Task | None = None, args: Any = None, **_: Any) -> None:
+    """Every log line of a task names its request, task and, for a stage task ``(job_id, stage, seq)``, its
+    job and stage."""
+    if task is None:
+        return
+    request_id = task.request.get(logs.REQUEST_ID_TASK_HEADER) or (task.request.headers or {}).get(
+        logs.REQUEST_ID_TASK_HEADER
+    )
+    job_id = stage = None
+    if isinstance(args, list | tuple) and len(args) == 3 and isinstance(args[1], str):
+        job_id, stage = str(args[0]), args[1]
+    task.request.imagen_log_tokens = logs.bind(
+        request_id=request_id or None, task_id=task_id, job_id=job_id, stage=stage
+    )
+
+
+@task_postrun.connect
+def _unbind_log_context(task: Task | None = None, **_: Any) -> None:
+    tokens = getattr(task.request, "imagen_log_tokens", None) if task is not None else None
+    if tokens:
+        logs.unbind(tokens)

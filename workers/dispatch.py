@@ -15,8 +15,10 @@ from redis.exceptions import RedisError
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session
 
+from core.logs import REQUEST_ID_TASK_HEADER
 from core.presets import get_preset
 from core.routing import DELIVER_WEBHOOK_TASK, EMBED_QUERY_TASK, FINALIZE_TASK, TASK_QUEUES, stage_task
+from core.tracing import job_trace
 from db import jobs as job_queries
 from db.models import Job
 from workers.celery_app import app
@@ -53,12 +55,27 @@ def stage_signature(job_id: uuid.UUID, stage: str | None, *, preset: str, seq: i
 
 
 def enqueue_stage(
-    job_id: uuid.UUID, stage: str | None, *, preset: str, seq: int, priority: int, countdown: float = 0
+    job_id: uuid.UUID,
+    stage: str | None,
+    *,
+    preset: str,
+    seq: int,
+    priority: int,
+    request_id: str | None,
+    traceparent: str | None = None,
+    countdown: float = 0,
 ) -> bool:
-    """Send one stage of a job (``None``: finalize it) to the broker; False (logged) when it cannot be reached."""
+    """Send one stage of a job (``None``: finalize it) to the broker; False (logged) when it cannot be reached.
+
+    The message carries the id of the request that submitted the job and, when tracing is on, that
+    request's trace (the job's own, even when another job's run sends it): the stage's log lines name the
+    request, and its spans join its trace.
+    """
     signature = stage_signature(job_id, stage, preset=preset, seq=seq, priority=priority)
+    headers = {REQUEST_ID_TASK_HEADER: request_id or ""}
     try:
-        signature.apply_async(countdown=countdown or None, retry=True, retry_policy=_PUBLISH_RETRY)
+        with job_trace(traceparent):
+            signature.apply_async(countdown=countdown or None, retry=True, retry_policy=_PUBLISH_RETRY, headers=headers)
     except _SEND_ERRORS as exc:
         log.warning("could not enqueue %s of job %s (generation %d): %s; the sweeper will", stage, job_id, seq, exc)
         return False
@@ -71,7 +88,15 @@ def dispatch_job(session: Session, job: Job) -> bool:
     first = job_queries.first_unfinished_stage(job)
     stage = first.name if first is not None else None
     seq = job.dispatch_seq
-    if not enqueue_stage(job.id, stage, preset=job.preset, seq=seq, priority=job.priority):
+    if not enqueue_stage(
+        job.id,
+        stage,
+        preset=job.preset,
+        seq=seq,
+        priority=job.priority,
+        request_id=job.request_id,
+        traceparent=job.traceparent,
+    ):
         return False
     job_queries.mark_dispatched(session, job_id=job.id, seq=seq)
     session.commit()
@@ -88,19 +113,40 @@ def dispatch_new_job(session: Session, job: Job) -> bool:
     never lost.
     """
     seq = job.dispatch_seq
-    if enqueue_stage(job.id, job.stages[0].name, preset=job.preset, seq=seq, priority=job.priority):
+    first = job.stages[0].name
+    if enqueue_stage(
+        job.id,
+        first,
+        preset=job.preset,
+        seq=seq,
+        priority=job.priority,
+        request_id=job.request_id,
+        traceparent=job.traceparent,
+    ):
         return True
     _take_back_dispatch(session, job.id, seq)
     return False
 
 
-def send_on(session: Session, job_id: uuid.UUID, stage: str | None, *, preset: str, seq: int, priority: int) -> bool:
+def send_on(
+    session: Session,
+    job_id: uuid.UUID,
+    stage: str | None,
+    *,
+    preset: str,
+    seq: int,
+    priority: int,
+    request_id: str | None,
+    traceparent: str | None,
+) -> bool:
     """Send a job on to ``stage`` (``None``: finalize it) once the stage before it completed, committed.
 
     When the broker cannot be reached the record of dispatch is taken back, so the sweeper sends the job
     again within seconds; should that fail too, the sweep for stranded jobs does, later.
     """
-    if enqueue_stage(job_id, stage, preset=preset, seq=seq, priority=priority):
+    if enqueue_stage(
+        job_id, stage, preset=preset, seq=seq, priority=priority, request_id=request_id, traceparent=traceparent
+    ):
         return True
     _take_back_dispatch(session, job_id, seq)
     return False

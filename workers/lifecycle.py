@@ -97,6 +97,10 @@ class StageRun:
     # The dispatch generation the run was claimed in, and the job's priority (for the stage it sends next).
     seq: int = 0
     priority: int = 5
+    # The request that submitted the job, and its trace: the job's messages carry them (core/logs.py,
+    # core/tracing.py).
+    request_id: str | None = None
+    traceparent: str | None = None
     # The stage's stored parameters (None for a stage that takes none): runs share a pass only if equal.
     stage_params: dict[str, Any] | None = None
     # time.monotonic() past which the stage stops (IMAGEN_STAGE_TIME_LIMIT_S after it started).
@@ -245,7 +249,14 @@ def _send_companions_again(leader: StageRun, unfinished: list[StageRun], countdo
     for run in unfinished:
         if run is not leader and not run.done:
             enqueue_stage(
-                run.job_id, run.stage, preset=run.preset, seq=run.seq, priority=run.priority, countdown=countdown
+                run.job_id,
+                run.stage,
+                preset=run.preset,
+                seq=run.seq,
+                priority=run.priority,
+                request_id=run.request_id,
+                traceparent=run.traceparent,
+                countdown=countdown,
             )
 
 
@@ -428,6 +439,8 @@ def _start(job: Job, stage: JobStage, events: JobEvents) -> StageRun:
         earlier_outputs={s.name: list(s.outputs) for s in job.stages[: stage.position]},
         seq=job.dispatch_seq,
         priority=job.priority,
+        request_id=job.request_id,
+        traceparent=job.traceparent,
         stage_params=stored_params,
     )
 
@@ -458,17 +471,28 @@ class _NextStage:
     preset: str
     seq: int
     priority: int
+    request_id: str | None
+    traceparent: str | None
 
 
 def _next_stage(job: Job, stage: JobStage, seq: int) -> _NextStage:
     following = job.stages[stage.position + 1].name if stage.position + 1 < len(job.stages) else None
-    return _NextStage(job.id, following, job.preset, seq, job.priority)
+    return _NextStage(job.id, following, job.preset, seq, job.priority, job.request_id, job.traceparent)
 
 
 def _send_next(target: _NextStage) -> None:
     """Send a job on to its next stage (a committed decision); a broker outage leaves it to the sweeper."""
     with session_scope() as session:
-        send_on(session, target.job_id, target.stage, preset=target.preset, seq=target.seq, priority=target.priority)
+        send_on(
+            session,
+            target.job_id,
+            target.stage,
+            preset=target.preset,
+            seq=target.seq,
+            priority=target.priority,
+            request_id=target.request_id,
+            traceparent=target.traceparent,
+        )
 
 
 def _complete_and_send_on(run: StageRun) -> None:

@@ -10,7 +10,7 @@ import uuid
 from typing import Any
 
 from celery import Task
-from celery.signals import worker_init, worker_process_init
+from celery.signals import worker_init, worker_process_init, worker_shutdown
 
 from core.config import get_settings
 from core.routing import (
@@ -24,6 +24,7 @@ from core.routing import (
     SR_TASK,
     SWEEP_TASK,
 )
+from core.tracing import flush_tracing, setup_tracing
 from workers import control, stages, webhooks
 from workers.celery_app import app
 from workers.lifecycle import run_stage
@@ -83,6 +84,18 @@ def sweep() -> None:
 def deliver_webhook(event_id: str) -> None:
     """Deliver one outbox event: POST it, log the attempt, then settle it or schedule the next attempt."""
     webhooks.deliver_event(event_id)
+
+
+@worker_init.connect
+@worker_process_init.connect
+def _start_tracing(**_: Any) -> None:
+    """Trace the tasks this worker runs, and the messages they send, when IMAGEN_OTLP_ENDPOINT is set."""
+    setup_tracing("worker", celery=True)
+
+
+@worker_shutdown.connect
+def _flush_tracing(**_: Any) -> None:
+    flush_tracing()
 
 
 @worker_init.connect
