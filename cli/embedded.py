@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING
 
 import httpx
 
+from cli.connection import ADMIN_KEY_FILE, write_connection
 from cli.supervisor import Supervisor
 from core.config import Settings
 
@@ -24,8 +25,6 @@ if TYPE_CHECKING:
     from sqlalchemy.orm import Session
 
 log = logging.getLogger(__name__)
-
-ADMIN_KEY_FILE = "admin_api_key"
 
 
 def admin_key_path(settings: Settings) -> Path:
@@ -132,7 +131,8 @@ def run_embedded(host: str, port: int, *, stage_workers: bool = False) -> int:
         print(f"imagen-queue up: {exc}", file=sys.stderr, flush=True)
         return 1
 
-    _pg, database_url = start_postgres(postgres_data_dir(data_dir))
+    pgdata = postgres_data_dir(data_dir)
+    _pg, database_url = start_postgres(pgdata)
     redis_server = RedisServer(data_dir / "redis")
     redis_server.start()
     public_url = f"http://{'127.0.0.1' if host in ('0.0.0.0', '::') else host}:{port}"
@@ -157,6 +157,27 @@ def run_embedded(host: str, port: int, *, stage_workers: bool = False) -> int:
 
     upgrade(database_url)
     key, created = _ensure_admin_key(settings, env)
+    # Admin and client commands find this system from IMAGEN_DATA_DIR alone (cli.connection).
+    write_connection(
+        data_dir,
+        {
+            "database_url": database_url,
+            "postgres_data_dir": str(pgdata),
+            "redis_url": redis_server.url,
+            "api_url": public_url,
+            "s3": {
+                "endpoint": settings.s3_endpoint,
+                "bucket": settings.s3_bucket,
+                "secure": settings.s3_secure,
+                "access_key": settings.s3_access_key,
+                "secret_key": settings.s3_secret_key,
+            }
+            if settings.s3_endpoint
+            else None,
+            "objects_dir": None if settings.s3_endpoint else str(settings.objects_dir),
+            "pid": os.getpid(),
+        },
+    )
 
     supervisor = Supervisor(env, logs)
     supervisor.start("api", ["api", "--host", host, "--port", str(port)])

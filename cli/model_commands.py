@@ -1,28 +1,45 @@
 """Commands for model presets: build-tiny, build-toy, models list."""
 
-import argparse
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 
-from cli.tables import print_table
+import click
+
+from cli.output import print_json, print_table
+
+_models_dir = click.option("--models-dir", type=click.Path(file_okay=False, path_type=Path), default=None)
 
 
-def cmd_build_tiny(args: argparse.Namespace) -> int:
+@click.group()
+def models() -> None:
+    """Model presets."""
+
+
+@models.command(name="build-tiny")
+@_models_dir
+@click.option("--force", is_flag=True)
+def build_tiny_command(models_dir: Path | None, force: bool) -> int:
+    """Build the random-weight tiny preset (no download)."""
     from core.config import get_settings
     from workers.tiny_models import build_tiny
 
-    folder = build_tiny(args.models_dir or get_settings().resolved_models_dir, force=args.force)
+    folder = build_tiny(models_dir or get_settings().resolved_models_dir, force=force)
     print(f"tiny preset ready in {folder}")
     return 0
 
 
-def cmd_build_toy(args: argparse.Namespace) -> int:
+@models.command(name="build-toy")
+@_models_dir
+@click.option("--force", is_flag=True)
+def build_toy_command(models_dir: Path | None, force: bool) -> int:
+    """Assemble the toy preset from the committed weights (models/toy/) and all-MiniLM-L6-v2."""
     from core.config import get_settings
     from core.preset_files import ModelsNotFoundError
     from workers.toy_models import build_toy
 
     try:
-        folder = build_toy(args.models_dir or get_settings().resolved_models_dir, force=args.force)
+        folder = build_toy(models_dir or get_settings().resolved_models_dir, force=force)
     except ModelsNotFoundError as exc:
         print(exc, file=sys.stderr)
         return 1
@@ -30,7 +47,11 @@ def cmd_build_toy(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_models_list(args: argparse.Namespace) -> int:
+@models.command(name="list")
+@_models_dir
+@click.option("--json", "as_json", is_flag=True, help="print JSON instead of text")
+def models_list(models_dir: Path | None, as_json: bool) -> int:
+    """List the presets, their stages, and which are available here."""
     import os
 
     from core.config import get_settings
@@ -38,7 +59,7 @@ def cmd_models_list(args: argparse.Namespace) -> int:
     from core.presets import PRESETS
 
     settings = get_settings()
-    models_dir = args.models_dir or settings.resolved_models_dir
+    models_dir = models_dir or settings.resolved_models_dir
     if os.environ.get("IMAGEN_MODEL_PRESET"):
         active, note = settings.model_preset, "IMAGEN_MODEL_PRESET"
     else:
@@ -46,6 +67,37 @@ def cmd_models_list(args: argparse.Namespace) -> int:
 
         active = default_model_preset(models_dir)
         note = f"what `imagen-queue up` runs here; other processes default to {settings.model_preset}"
+    if as_json:
+        print_json(
+            {
+                "models_dir": str(models_dir),
+                "active": active,
+                "presets": [
+                    {
+                        "name": name,
+                        "available": is_available(preset, models_dir),
+                        "local": preset.local,
+                        "stages": [
+                            {
+                                "name": spec.name,
+                                "resolution": spec.resolution,
+                                "kind": spec.kind,
+                                "request_key": preset.request_key(spec),
+                                "default_steps": spec.default_steps,
+                                "default_guidance": spec.default_guidance,
+                                "default_noise_level": spec.default_noise_level,
+                                "max_noise_level": spec.max_noise_level,
+                            }
+                            for spec in preset.stages
+                        ],
+                        "captioner": preset.captioner.source,
+                        "embedder": {"model_id": preset.embedder.model_id, "dim": preset.embedder.dim},
+                    }
+                    for name, preset in PRESETS.items()
+                ],
+            }
+        )
+        return 0
     print(f"models dir: {models_dir}")
     print(f"active preset: {active} ({note})")
     for name, preset in PRESETS.items():
@@ -76,3 +128,16 @@ def cmd_models_list(args: argparse.Namespace) -> int:
 
 def _indent(rows: Sequence[tuple[str, ...]]) -> list[tuple[str, ...]]:
     return [(f"  {row[0]}", *row[1:]) for row in rows]
+
+
+@models.command(name="fetch")
+@click.argument("preset")
+@_models_dir
+def fetch_command(preset: str, models_dir: Path | None) -> int:
+    """Download a hub preset's weights into the Hugging Face cache (token from HF_TOKEN), or build a local one."""
+    from cli.models_fetch import models_fetch
+
+    return models_fetch(preset, models_dir)
+
+
+COMMANDS = [models]

@@ -14,7 +14,6 @@ The token is ``HF_TOKEN``: DeepFloyd IF is gated, so it must belong to an accoun
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import re
@@ -141,11 +140,6 @@ def fetch_preset(
         folder = snapshot_download(needs.repo_id, allow_patterns=patterns, token=token, cache_dir=cache_dir)
         folders.append(Path(folder))
     return folders
-
-
-def cmd_models_fetch(args: argparse.Namespace) -> int:
-    """``models fetch`` as the argparse command line calls it."""
-    return models_fetch(args.preset, args.models_dir)
 
 
 def models_fetch(preset_name: str, models_dir: Path | None = None) -> int:

@@ -3,6 +3,7 @@ through the CLI, and its state across a restart."""
 
 import base64
 import io
+import json
 import os
 import re
 import subprocess
@@ -190,3 +191,36 @@ def test_up_with_stage_workers_splits_the_cascade_and_each_holds_only_its_models
     }
     assert loaded == {"worker-text-base": {"text_encoder", "base_64"}, "worker-sr": {"sr_256"}}, loaded
     assert not (logs / "worker.log").exists(), "no all-queue worker beside the stage workers"
+
+
+def test_admin_and_client_commands_find_the_system_from_the_data_dir_alone(embedded: Embedded) -> None:
+    connection = embedded.data_dir / "connection.json"
+    assert connection.stat().st_mode & 0o777 == 0o600
+    assert json.loads(connection.read_text())["api_url"] == embedded.url
+    only_data_dir = {k: v for k, v in embedded.env.items() if k not in ("IMAGEN_MODEL_PRESET", "IMAGEN_TORCH_THREADS")}
+    assert [k for k in only_data_dir if k.startswith("IMAGEN_")] == ["IMAGEN_DATA_DIR"]
+
+    def run(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [sys.executable, "-m", "cli.main", *args],
+            env=only_data_dir,
+            cwd=REPO,
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+
+    listed = run("tenants", "list", "--json")
+    assert listed.returncode == 0, listed.stderr
+    assert "default" in [t["name"] for t in json.loads(listed.stdout)["tenants"]]
+    # A client command reaches the API `up` recorded, with the admin key it kept.
+    jobs = run("jobs", "list", "--json")
+    assert jobs.returncode == 0 and json.loads(jobs.stdout) == [], jobs.stderr
+
+    embedded.stop()
+    # Stopped: an admin command starts the embedded Postgres for itself; a client command says it cannot connect.
+    listed = run("tenants", "list", "--json")
+    assert listed.returncode == 0, listed.stderr
+    assert "default" in [t["name"] for t in json.loads(listed.stdout)["tenants"]]
+    down = run("jobs", "list")
+    assert down.returncode == 3 and "connection_failed" in down.stderr, down.stderr
