@@ -121,8 +121,9 @@ def uvicorn_log_config(log_format: str) -> dict[str, Any] | None:
 
 
 def task_headers(headers: Mapping[str, Any] | None) -> dict[str, str]:
-    """The request id to put in a Celery message's headers, from the current context (nothing if none)."""
+    """The request id to put in a Celery message's headers, from the current context: nothing if there is
+    none, or if the sender set the header itself (to the job's own id, or to "" for a job without one)."""
     request_id = current_request_id()
-    if request_id is None or (headers and headers.get(REQUEST_ID_TASK_HEADER)):
+    if request_id is None or (headers and REQUEST_ID_TASK_HEADER in headers):
         return {}
     return {REQUEST_ID_TASK_HEADER: request_id}
