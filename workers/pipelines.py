@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol, TypeVar
 
+import numpy as np
 import torch
 
 # From their modules, not `diffusers`: its lazy top level shows type checkers placeholder classes.
@@ -34,11 +35,30 @@ logger = logging.getLogger(__name__)
 
 _Pipeline = TypeVar("_Pipeline", bound=DiffusionPipeline)
 
+class UpscalePipeline(StableDiffusionUpscalePipeline):
+    """diffusers' x4 upscaler, able to run the IF safety checker it borrows from stage I.
+
+    The upscaler hands its checker the decoded images as a tensor, but IF's checker blanks a flagged image by
+    assigning a NumPy array to it, which a tensor refuses: every flagged image failed its stage. The checker
+    gets a NumPy copy here, and the images come back as a tensor, flagged ones black.
+    """
+
+    def run_safety_checker(self, image: Any, device: Any, dtype: torch.dtype) -> tuple[Any, Any, Any]:
+        if self.safety_checker is None or not isinstance(image, torch.Tensor):
+            return super().run_safety_checker(image, device, dtype)
+        pil_images = self.image_processor.postprocess(image, output_type="pil")
+        clip_input = self.feature_extractor(pil_images, return_tensors="pt").to(device).pixel_values.to(dtype=dtype)
+        arrays = image.detach().float().cpu().numpy()
+        arrays, nsfw_detected, watermark_detected = self.safety_checker(images=arrays, clip_input=clip_input)
+        checked = torch.from_numpy(np.asarray(arrays, dtype=np.float32)).to(device=image.device, dtype=image.dtype)
+        return checked, nsfw_detected, watermark_detected
+
+
 # The diffusers class each kind of stage runs.
 PIPELINE_CLASSES: dict[StageKind, type[DiffusionPipeline]] = {
     "if": IFPipeline,
     "if_sr": IFSuperResolutionPipeline,
-    "sd_upscale": StableDiffusionUpscalePipeline,
+    "sd_upscale": UpscalePipeline,
 }
 
 

@@ -139,8 +139,7 @@ def _safety_modules() -> dict[str, object]:
         projection_dim=16,
     )
     checker = IFSafetyChecker(config).eval()
-    # Heads that flag nothing: random ones would black out random images (and an image flagged in the x4
-    # stage trips diffusers, whose upscaler hands IF's checker a tensor where it expects arrays).
+    # Heads that flag nothing: random ones would black out random images.
     with torch.no_grad():
         for head in (checker.p_head, checker.w_head):
             head.weight.zero_()
