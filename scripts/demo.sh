@@ -25,3 +25,5 @@ grep -q "imagen-queue is up" "$IMAGEN_DATA_DIR/up.log" || { cat "$IMAGEN_DATA_DI
 grep -E "imagen-queue is up|model preset|admin API key" "$IMAGEN_DATA_DIR/up.log" >&2
 
 imagen-queue generate "${1:-a blue square at the top}" --seed 42 --api-url "http://127.0.0.1:$port" --out out
+echo "the demo stops the system as it exits; to keep one running and try the API (README, \"Using the API\"):" >&2
+echo "  source .venv/bin/activate && IMAGEN_DATA_DIR=$IMAGEN_DATA_DIR imagen-queue up" >&2
