@@ -146,7 +146,7 @@ def test_the_loader_opens_exactly_the_fetched_files_offline(hub: Hub, tmp_path: 
         "text_encoder": "IFPipeline",
         "base_64": "IFPipeline",
         "sr_256": "IFSuperResolutionPipeline",
-        "sr_1024": "StableDiffusionUpscalePipeline",
+        "sr_1024": "UpscalePipeline",  # diffusers' x4 upscaler, able to run IF's safety checker
         "captioner": "GitForCausalLM",
         "embedder": "CLIPModel",
     }
