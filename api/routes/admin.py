@@ -7,8 +7,8 @@ from pathlib import Path
 from typing import Annotated, Any
 from urllib.parse import urlencode
 
-from fastapi import APIRouter, Depends, Query, Request
-from fastapi.responses import FileResponse, HTMLResponse, RedirectResponse, Response
+from fastapi import APIRouter, Depends, Header, Query, Request
+from fastapi.responses import FileResponse, HTMLResponse, RedirectResponse, Response, StreamingResponse
 from fastapi.templating import Jinja2Templates
 from kombu.exceptions import KombuError
 from redis.exceptions import RedisError
@@ -28,6 +28,7 @@ from api.deps import SessionDep, SettingsDep, StoreDep
 from api.job_control import cancel_job_now, redeliver_event, retry_job_now
 from api.metrics import queue_depths
 from api.quotas import enforce_sign_in_rate
+from api.routes.events import event_stream_response
 from api.workers_status import WorkerStatus, workers_online
 from core.config import Settings
 from core.errors import DomainError, RateLimited
@@ -45,6 +46,7 @@ router = APIRouter(prefix="/admin", include_in_schema=False)
 _HERE = Path(__file__).resolve().parent.parent
 templates = Jinja2Templates(directory=_HERE / "templates")
 _STYLESHEET = _HERE / "static" / "admin.css"
+_JOB_SCRIPT = _HERE / "static" / "job.js"
 PAGE_SIZE = 50
 
 
@@ -86,6 +88,12 @@ def _tenant_names(session: Session) -> dict[uuid.UUID, str]:
 def read_stylesheet() -> FileResponse:
     """The dashboard's one stylesheet."""
     return FileResponse(_STYLESHEET, media_type="text/css", headers={"Cache-Control": "max-age=3600"})
+
+
+@router.get("/static/job.js")
+def read_job_script() -> FileResponse:
+    """The job page's script: it follows the job's event stream and updates the page in place."""
+    return FileResponse(_JOB_SCRIPT, media_type="text/javascript", headers={"Cache-Control": "max-age=3600"})
 
 
 @router.get("/login", response_class=HTMLResponse)
@@ -251,6 +259,24 @@ def read_job(
         can_retry=job.status in (JobStatus.FAILED, JobStatus.CANCELED) and job.deleted_at is None,
         cancel_requested=job.cancel_requested,
     )
+
+
+@router.get("/jobs/{job_id}/events", response_class=StreamingResponse)
+def stream_job_events(
+    job_id: str,
+    admin: AdminSessionDep,
+    session: SessionDep,
+    settings: SettingsDep,
+    last_event_id: Annotated[str | None, Header(max_length=64)] = None,
+) -> Response:
+    """The job's Server-Sent Events for the job page, under the admin's session rather than an API key."""
+    parsed = _parse_job_id(job_id)
+    job = job_queries.get_job(session, job_id=parsed) if parsed else None
+    if job is None:
+        return Response("no such job", status_code=404, media_type="text/plain")
+    key_id, tenant_id = admin.key.id, admin.key.tenant_id
+    session.close()  # the stream may last minutes: hold no database connection meanwhile
+    return event_stream_response(job.id, last_event_id, key_id=key_id, tenant_id=tenant_id, settings=settings)
 
 
 def _job_action(session: Session, job_id: str, action: str, delivery_id: str | None = None) -> Response:

@@ -16,7 +16,7 @@ from starlette.concurrency import run_in_threadpool
 
 from api.deps import CurrentJob, CurrentKey, SessionDep, SettingsDep
 from api.long_requests import Slot, release_slot, renew_slot, take_slot
-from core.config import get_settings
+from core.config import Settings, get_settings
 from core.errors import TooManyRequests
 from core.live_events import stream_key
 from core.redis_client import client_url
@@ -109,9 +109,20 @@ def stream_job_events(
     last_event_id: Annotated[str | None, Header(max_length=64)] = None,
 ) -> StreamingResponse:
     """Server-Sent Events: ``status``, ``stage``, ``progress`` and a final ``done``; resume with Last-Event-ID."""
-    start = last_event_id if last_event_id and set(last_event_id) <= _STREAM_ID_CHARS else "0-0"
     key_id, tenant_id = key.key_id, key.tenant_id
     session.close()  # the stream may last minutes: hold no database connection meanwhile
+    return event_stream_response(job.id, last_event_id, key_id=key_id, tenant_id=tenant_id, settings=settings)
+
+
+def event_stream_response(
+    job_id: uuid.UUID, last_event_id: str | None, *, key_id: uuid.UUID, tenant_id: uuid.UUID, settings: Settings
+) -> StreamingResponse:
+    """A job's event stream for the holder of ``key_id``: the API's route and the dashboard's share it.
+
+    The caller has checked that the key may read the job and holds no database connection; the stream
+    counts against the tenant's open streams and ends soon after the key is revoked.
+    """
+    start = last_event_id if last_event_id and set(last_event_id) <= _STREAM_ID_CHARS else "0-0"
     slot = take_slot("stream", tenant_id, limit=settings.max_streams_per_tenant, ttl_s=SLOT_TTL_S)
     if slot is None:
         raise TooManyRequests(
@@ -120,7 +131,7 @@ def stream_job_events(
             retry_after_s=int(KEEPALIVE_S),
         )
     return StreamingResponse(
-        _stream(job.id, start, key_id=key_id, slot=slot),
+        _stream(job_id, start, key_id=key_id, slot=slot),
         media_type="text/event-stream",
         headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
     )

@@ -131,3 +131,37 @@ def test_dashboard_shows_jobs_their_images_and_cancels_a_queued_job(
     finally:
         client.http.post(f"/v1/jobs/{busy['id']}/cancel")
         client.wait(busy["id"])
+
+
+def test_a_live_job_page_follows_the_job_in_place_without_reloading(
+    session: Session, system: System, client: Client
+) -> None:
+    page = session.page
+    image_requests: list[str] = []
+    page.on("request", lambda request: image_requests.append(request.url) if request.resource_type == "image" else None)
+    _login(page, system, _admin_key(f"live-{uuid.uuid4().hex[:6]}", admin=True))
+    expect(page).to_have_url(f"{system.api_url}/admin")
+
+    # Enough base steps for several progress events (at most one every 0.25 s) while the page watches.
+    job = client.submit(seed=5, resolution=256, stages={"base": {"steps": 120}, "sr256": {"steps": 2}})
+    page.goto(f"{system.api_url}/admin/jobs/{job['id']}")
+    page.evaluate("window.__marker = 'still this document'")
+    base_pct = page.locator("#stages tr.stage[data-stage='base_64'] .pct")
+    first = base_pct.text_content()
+    expect(base_pct).not_to_have_text(first or "", timeout=30_000)
+    seen_midway = base_pct.text_content()
+    assert seen_midway not in ("100%", first), "a progress value between the first and the last was shown"
+
+    assert client.wait(job["id"], timeout_s=240)["status"] == "succeeded"
+    expect(page.locator("#job")).to_have_attribute("data-status", "succeeded", timeout=15_000)
+    expect(page.locator("#job-status")).to_have_text("succeeded")
+    expect(page.locator("#stages tr.stage[data-stage='sr_256'] .status")).to_have_text("succeeded")
+    thumbs = page.locator(".thumb img")
+    expect(thumbs).to_have_count(2, timeout=15_000)
+    for i in range(2):
+        page.wait_for_function("img => img.complete && img.naturalWidth > 0", arg=thumbs.nth(i).element_handle())
+    assert sorted(thumbs.nth(i).evaluate("img => img.naturalWidth") for i in range(2)) == [64, 256]
+    assert page.evaluate("window.__marker") == "still this document", "the page was reloaded"
+    # Each image was fetched once: the images already shown were kept when later ones arrived.
+    assert len(image_requests) == 2, image_requests
+    assert session.errors == [], f"console errors: {session.errors}"
