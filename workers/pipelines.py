@@ -35,6 +35,7 @@ logger = logging.getLogger(__name__)
 
 _Pipeline = TypeVar("_Pipeline", bound=DiffusionPipeline)
 
+
 class UpscalePipeline(StableDiffusionUpscalePipeline):
     """diffusers' x4 upscaler, able to run the IF safety checker it borrows from stage I.
 
