@@ -4,7 +4,7 @@ from dataclasses import dataclass, field
 
 from redis.exceptions import RedisError
 
-from core.model_loads import MODEL_LOADS_KEY, parse_model_load_field
+from core.model_loads import MODEL_LOADS_KEY, node_names, parse_model_load_field
 from core.redis_client import get_redis
 
 
@@ -27,17 +27,18 @@ def workers_online(timeout_s: float = 0.5) -> list[WorkerStatus]:
     loads: dict[bytes, bytes]
     try:
         loads = get_redis().hgetall(MODEL_LOADS_KEY)  # type: ignore[assignment]
+        parsed = [(parse_model_load_field(f.decode(errors="replace")), float(s)) for f, s in loads.items()]
+        rows = [(row, seconds) for row, seconds in parsed if row is not None]
+        # Each worker process names its Celery node in its liveness key: a model goes with the worker
+        # that holds it, not with every worker on its host; a process that is gone holds nothing.
+        nodes = node_names(sorted({process for (process, _, _), _ in rows}))
     except RedisError:
-        loads = {}
-    for raw_field, raw_seconds in loads.items():
-        parsed = parse_model_load_field(raw_field.decode(errors="replace"))
-        if parsed is None:
-            continue
-        process, preset, model = parsed
-        host = process.rsplit(":", 1)[0]
-        for worker in workers:
-            if worker.name.split("@", 1)[-1] == host:
-                worker.models.append((preset, model, float(raw_seconds)))
+        rows, nodes = [], {}
+    by_name = {worker.name: worker for worker in workers}
+    for (process, preset, model), seconds in rows:
+        worker = by_name.get(nodes.get(process, ""))
+        if worker is not None:
+            worker.models.append((preset, model, seconds))
     for worker in workers:
         worker.models = sorted(set(worker.models))
     return workers

@@ -28,6 +28,9 @@ _ALIVE_PREFIX = "imagen:worker-alive:"
 ALIVE_TTL_S = 60
 _ALIVE_REFRESH_S = 15
 _alive_thread: threading.Thread | None = None
+# The Celery node name of this process (``name@host``), kept as the value of its liveness key, so that the
+# dashboard puts each model with the worker that holds it (several workers share a host).
+_node_name = ""
 _alive_lock = threading.Lock()
 
 
@@ -60,12 +63,31 @@ def record_model_load(preset: str, model: str, seconds: float) -> None:
         pipe = get_redis().pipeline(transaction=False)
         pipe.hset(MODEL_LOADS_KEY, model_load_field(worker_name(), preset, model), f"{seconds:.6f}")
         pipe.expire(MODEL_LOADS_KEY, _KEY_TTL_S)
-        pipe.set(alive_key(worker_name()), "1", ex=ALIVE_TTL_S)
+        pipe.set(alive_key(worker_name()), _node_name or "1", ex=ALIVE_TTL_S)
         pipe.execute()
     except RedisError as exc:
         # The model is loaded and the stage can run; only the metric is missing.
         log.warning("could not publish the load time of %s/%s: %s", preset, model, exc)
     _keep_alive()
+
+
+def set_node_name(name: str) -> None:
+    """Record this process's Celery node name (a worker calls it once it is set up)."""
+    global _node_name
+    _node_name = name
+
+
+def node_names(workers: list[str]) -> dict[str, str]:
+    """The Celery node name of each live one of ``workers`` (``host:pid``) that recorded one, in one round trip."""
+    if not workers:
+        return {}
+    values = get_redis().mget([alive_key(worker) for worker in workers])
+    names = {}
+    for worker, value in zip(workers, values, strict=True):
+        name = value.decode(errors="replace") if isinstance(value, bytes) else value
+        if name is not None and name != "1":
+            names[worker] = name
+    return names
 
 
 def _keep_alive() -> None:
@@ -80,7 +102,7 @@ def _keep_alive() -> None:
             while True:
                 threading.Event().wait(_ALIVE_REFRESH_S)
                 try:
-                    get_redis().set(alive_key(worker), "1", ex=ALIVE_TTL_S)
+                    get_redis().set(alive_key(worker), _node_name or "1", ex=ALIVE_TTL_S)
                 except RedisError as exc:
                     log.warning("could not refresh this worker's liveness: %s", exc)
 

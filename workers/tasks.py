@@ -10,8 +10,9 @@ import uuid
 from typing import Any
 
 from celery import Task
-from celery.signals import worker_init, worker_process_init, worker_shutdown
+from celery.signals import celeryd_after_setup, worker_init, worker_process_init, worker_shutdown
 
+from core import model_loads
 from core.config import get_settings
 from core.routing import (
     BASE_TASK,
@@ -91,6 +92,12 @@ def deliver_webhook(event_id: str) -> None:
 def _start_tracing(**_: Any) -> None:
     """Trace the tasks this worker runs, and the messages they send, when IMAGEN_OTLP_ENDPOINT is set."""
     setup_tracing("worker", celery=True)
+
+
+@celeryd_after_setup.connect
+def _record_node_name(sender: Any = None, **_: Any) -> None:
+    """The dashboard lists each model under the worker (node name) that holds it."""
+    model_loads.set_node_name(str(sender))
 
 
 @worker_shutdown.connect

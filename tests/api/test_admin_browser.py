@@ -101,6 +101,10 @@ def test_dashboard_shows_jobs_their_images_and_cancels_a_queued_job(
     expect(page.locator("#workers tr[data-worker]")).to_have_count(3)
     expect(page.locator("#workers")).to_contain_text("tiny/text_encoder")
     expect(page.locator("#workers")).to_contain_text("tiny/base_64")
+    # Every worker runs on this host: each model is listed with the worker process that holds it only.
+    expect(page.locator('#workers tr[data-worker^="worker@"]')).to_contain_text("tiny/base_64")
+    expect(page.locator('#workers tr[data-worker^="control-worker@"]')).not_to_contain_text("tiny/")
+    expect(page.locator('#workers tr[data-worker^="webhook-worker@"]')).not_to_contain_text("tiny/")
     page.screenshot(path=str(ARTIFACTS / "admin-overview.png"), full_page=True)
 
     page.goto(f"{system.api_url}/admin/jobs")
