@@ -36,12 +36,11 @@ def current_request_id() -> str | None:
 @contextmanager
 def log_context(**values: str | None) -> Iterator[None]:
     """Within the block, log lines carry ``values`` (request_id, job_id, stage, task_id)."""
-    tokens = [(_CONTEXT[name], _CONTEXT[name].set(value)) for name, value in values.items()]
+    tokens = bind(**values)
     try:
         yield
     finally:
-        for var, token in reversed(tokens):
-            var.reset(token)
+        unbind(tokens)
 
 
 def bind(**values: str | None) -> list[tuple[contextvars.ContextVar[str | None], contextvars.Token[str | None]]]:

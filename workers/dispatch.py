@@ -88,15 +88,7 @@ def dispatch_job(session: Session, job: Job) -> bool:
     first = job_queries.first_unfinished_stage(job)
     stage = first.name if first is not None else None
     seq = job.dispatch_seq
-    if not enqueue_stage(
-        job.id,
-        stage,
-        preset=job.preset,
-        seq=seq,
-        priority=job.priority,
-        request_id=job.request_id,
-        traceparent=job.traceparent,
-    ):
+    if not _enqueue_job(job, stage):
         return False
     job_queries.mark_dispatched(session, job_id=job.id, seq=seq)
     session.commit()
@@ -112,20 +104,23 @@ def dispatch_new_job(session: Session, job: Job) -> bool:
     reads as sent: the sweep for stranded jobs sends it after ``IMAGEN_STRANDED_AFTER_S``. Either way it is
     never lost.
     """
-    seq = job.dispatch_seq
-    first = job.stages[0].name
-    if enqueue_stage(
+    if _enqueue_job(job, job.stages[0].name):
+        return True
+    _take_back_dispatch(session, job.id, job.dispatch_seq)
+    return False
+
+
+def _enqueue_job(job: Job, stage: str | None) -> bool:
+    """``enqueue_stage`` for a job at hand, in its current generation."""
+    return enqueue_stage(
         job.id,
-        first,
+        stage,
         preset=job.preset,
-        seq=seq,
+        seq=job.dispatch_seq,
         priority=job.priority,
         request_id=job.request_id,
         traceparent=job.traceparent,
-    ):
-        return True
-    _take_back_dispatch(session, job.id, seq)
-    return False
+    )
 
 
 def send_on(
